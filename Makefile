@@ -1,0 +1,35 @@
+# Tributary. `make demo` runs the main job; `make test` runs every test against the real local stack.
+# Addresses and folders: stack/env.sh.
+SHELL := /bin/bash
+ENV := source stack/env.sh &&
+
+.PHONY: demo test up down status build fmt lint bench
+
+## The main job: bring the stack up and register the topic schemas.
+demo: up
+	$(ENV) "$$CARGO_TARGET_DIR/debug/tributary" schemas register
+	@$(ENV) echo "schema registry: $$TRIBUTARY_SCHEMA_REGISTRY_URL/subjects"
+
+## Every test, against real servers (starts what it needs).
+test: up
+	$(ENV) cargo test --workspace --no-fail-fast
+	$(ENV) bash stack/tests/lifecycle.sh
+
+up:
+	bash stack/stack.sh up
+
+down:
+	bash stack/stack.sh down
+
+status:
+	bash stack/stack.sh status
+
+build:
+	$(ENV) cargo build --workspace
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	$(ENV) cargo clippy --workspace --all-targets -- -D warnings

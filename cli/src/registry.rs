@@ -1,0 +1,69 @@
+//! `tributary registry`: serves the schema registry until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use tributary_registry::{Compatibility, RegistryConfig};
+use tributary_runtime::config::KAFKA_BROKERS;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
+    brokers: String,
+    /// Compacted topic holding the registry's state.
+    #[arg(long, default_value = "_schemas")]
+    topic: String,
+    /// Compatibility level of subjects without one of their own, until changed with PUT /config.
+    #[arg(long, default_value = "BACKWARD")]
+    compatibility: Compatibility,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = RegistryConfig {
+        listen: args.listen,
+        brokers: args.brokers.clone(),
+        topic: args.topic.clone(),
+        max_body_bytes: args.max_body_bytes,
+        default_compatibility: args.compatibility,
+    };
+    let running = tributary_registry::start(config).await.with_context(|| {
+        format!(
+            "starting the schema registry on {} (topic `{}` at {})",
+            args.listen, args.topic, args.brokers
+        )
+    })?;
+    tracing::info!(addr = %running.addr, topic = %args.topic, "schema registry listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

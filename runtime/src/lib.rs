@@ -1,0 +1,14 @@
+//! # Layout
+//!
+//! The pieces every Tributary process shares, kept small on purpose:
+//!
+//! - [`config`]: the addresses of the services (Kafka, schema registry, PostgreSQL, MongoDB, Redis,
+//!   Elasticsearch), read from `TRIBUTARY_*` environment variables with loopback defaults. The same
+//!   names and defaults are used by `stack/env.sh`, which starts the local stack.
+//! - [`kafka`]: building rdkafka clients from that configuration and creating topics idempotently.
+
+pub mod config;
+pub mod kafka;
+
+pub use config::Endpoints;
+pub use kafka::KafkaError;

@@ -1,0 +1,302 @@
+//! The Confluent wire format: `0x00` magic byte, the writer schema's registry id as a big-endian
+//! `u32`, then the Avro binary datum.
+//!
+//! Encoding goes through `schema_registry_converter`'s [`AvroEncoder`], which registers the
+//! topic's schema under `<topic>-value` (TopicNameStrategy) once and caches the id.
+//!
+//! Decoding checks the header itself (length, magic byte) before anything else, asks the
+//! converter's [`AvroDecoder`] for the writer schema (cached per id), and then decodes in two
+//! steps so every failure has its own error: the datum against the writer schema (a failure there
+//! means the bytes are truncated or corrupt), then resolution into the reader schema (a failure
+//! there means the two schemas do not match). Nothing in here panics on input.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+
+use crate::types::{AvroRecord, DomainError};
+
+/// Magic byte that opens every record in the Confluent wire format.
+pub const MAGIC_BYTE: u8 = 0;
+/// Magic byte plus the 4-byte schema id.
+pub const HEADER_LEN: usize = 5;
+/// The largest single allocation a datum may ask for while decoding. A corrupt length prefix must
+/// produce an error, not an attempt to allocate gigabytes. Kafka's default record limit is 1 MiB.
+pub const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a record could not be encoded or decoded. [`CodecError::retriable`] says whether trying the
+/// same record again later can succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("record of {len} bytes is shorter than the 5-byte Confluent header (magic byte + schema id)")]
+    TooShort { len: usize },
+    #[error("record starts with byte {found:#04x}, not the Confluent magic byte 0x00")]
+    WrongMagicByte { found: u8 },
+    #[error("schema id {id} is not known to the schema registry")]
+    UnknownSchemaId { id: u32 },
+    #[error("schema registry unavailable while {doing}: {reason}")]
+    RegistryUnavailable { doing: String, reason: String },
+    #[error("schema registry refused {doing}: {reason}")]
+    Registry { doing: String, reason: String },
+    #[error("datum written with schema id {id} is truncated or corrupt: {reason}")]
+    CorruptDatum { id: u32, reason: String },
+    #[error("datum written with schema id {id} is followed by {extra} unexpected bytes")]
+    TrailingBytes { id: u32, extra: usize },
+    #[error("data written with schema id {id} cannot be read as `{reader}`: {reason}")]
+    SchemaMismatch {
+        id: u32,
+        reader: String,
+        reason: String,
+    },
+    #[error("encoding a record for topic `{topic}` failed: {reason}")]
+    Encode { topic: String, reason: String },
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+}
+
+impl CodecError {
+    /// Only an unreachable registry is worth a retry; every other error is a property of the
+    /// record (or of the schemas) and belongs in a dead-letter topic.
+    pub fn retriable(&self) -> bool {
+        matches!(self, CodecError::RegistryUnavailable { .. })
+    }
+}
+
+/// A decoded record: the writer schema's id and the datum resolved into the reader schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub schema_id: u32,
+    pub value: Value,
+}
+
+/// Splits a record into its schema id and Avro body, checking length and magic byte.
+pub fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CodecError::TooShort { len: bytes.len() });
+    }
+    if bytes[0] != MAGIC_BYTE {
+        return Err(CodecError::WrongMagicByte { found: bytes[0] });
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Ok((id, &bytes[HEADER_LEN..]))
+}
+
+/// Frames an Avro body with the Confluent header.
+pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The subject of a topic's values under TopicNameStrategy.
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+/// Encoder and decoder bound to one schema registry. Cheap to share behind an `Arc`; all
+/// lookups are cached.
+pub struct Codec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    /// Whether writer schema `id` can be read with a reader schema (keyed by its canonical form):
+    /// checked once per pair, since the answer never changes for registered schemas.
+    compatible: Mutex<HashMap<(u32, String), Result<(), String>>>,
+}
+
+impl Codec {
+    pub fn new(registry_url: &str) -> Codec {
+        static LIMIT: OnceLock<usize> = OnceLock::new();
+        LIMIT.get_or_init(|| apache_avro::max_allocation_bytes(MAX_ALLOCATION_BYTES));
+        let settings = SrSettings::new(registry_url.trim_end_matches('/').to_string());
+        Codec {
+            encoder: AvroEncoder::new(settings.clone()),
+            decoder: AvroDecoder::new(settings),
+            compatible: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Encodes `value` for `topic` with `schema_text`, registering the schema under
+    /// `<topic>-value` on first use.
+    pub async fn encode_value(
+        &self,
+        topic: &str,
+        schema_text: &str,
+        value: Value,
+    ) -> Result<Vec<u8>, CodecError> {
+        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+            topic.to_string(),
+            false,
+            SuppliedSchema::new(None, SchemaType::Avro, schema_text.to_string()),
+        );
+        self.encoder
+            .encode_value(value, &strategy)
+            .await
+            .map_err(|e| {
+                // The converter caches failures per subject; forget them so that a registry that
+                // comes back, or a fixed compatibility level, is seen on the next call.
+                self.encoder.remove_errors_from_cache();
+                classify_encode(topic, e)
+            })
+    }
+
+    /// Encodes a domain record for its own topic.
+    pub async fn encode<T: AvroRecord>(&self, record: &T) -> Result<Vec<u8>, CodecError> {
+        let value = record.to_avro()?;
+        self.encode_value(T::TOPIC, T::SCHEMA_TEXT, value).await
+    }
+
+    /// Decodes a record into the writer schema's own shape, or into `reader` when given.
+    pub async fn decode_value(
+        &self,
+        bytes: &[u8],
+        reader: Option<&Schema>,
+    ) -> Result<Decoded, CodecError> {
+        let (id, mut body) = split_header(bytes)?;
+        let writer = self.decoder.get_schema(id).await.map_err(|e| {
+            self.decoder.remove_errors_from_cache();
+            classify_lookup(id, e)
+        })?;
+        let value = apache_avro::from_avro_datum(&writer.parsed, &mut body, None).map_err(|e| {
+            CodecError::CorruptDatum {
+                id,
+                reason: e.to_string(),
+            }
+        })?;
+        if !body.is_empty() {
+            return Err(CodecError::TrailingBytes {
+                id,
+                extra: body.len(),
+            });
+        }
+        let value = match reader {
+            None => value,
+            Some(reader) => {
+                self.check_readable(id, &writer.parsed, reader)?;
+                value
+                    .resolve(reader)
+                    .map_err(|e| CodecError::SchemaMismatch {
+                        id,
+                        reader: schema_name(reader),
+                        reason: e.to_string(),
+                    })?
+            }
+        };
+        Ok(Decoded {
+            schema_id: id,
+            value,
+        })
+    }
+
+    /// Decodes a domain record, reading whatever compatible schema it was written with as `T`'s.
+    pub async fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let decoded = self.decode_value(bytes, Some(T::schema())).await?;
+        Ok(T::from_avro(decoded.value)?)
+    }
+
+    fn check_readable(&self, id: u32, writer: &Schema, reader: &Schema) -> Result<(), CodecError> {
+        let key = (id, reader.canonical_form());
+        let mut cache = self.compatible.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = cache
+            .entry(key)
+            .or_insert_with(|| {
+                SchemaCompatibility::can_read(writer, reader).map_err(|e| e.to_string())
+            })
+            .clone();
+        verdict.map_err(|reason| CodecError::SchemaMismatch {
+            id,
+            reader: schema_name(reader),
+            reason,
+        })
+    }
+}
+
+fn schema_name(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(r) => r.name.fullname(None),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
+    }
+}
+
+fn describe(e: &SRCError) -> String {
+    match &e.cause {
+        Some(cause) => format!("{} ({cause})", e.error),
+        None => e.error.clone(),
+    }
+}
+
+fn classify_lookup(id: u32, e: SRCError) -> CodecError {
+    let text = describe(&e);
+    // Confluent answers 404 with error_code 40403 for an id it has never handed out.
+    if text.contains("40403") || text.contains("status 404") {
+        CodecError::UnknownSchemaId { id }
+    } else if e.retriable || is_connect_failure(&text) {
+        CodecError::RegistryUnavailable {
+            doing: format!("looking up schema id {id}"),
+            reason: text,
+        }
+    } else {
+        CodecError::Registry {
+            doing: format!("looking up schema id {id}"),
+            reason: text,
+        }
+    }
+}
+
+fn classify_encode(topic: &str, e: SRCError) -> CodecError {
+    let text = describe(&e);
+    let doing = format!("registering the schema of `{}`", value_subject(topic));
+    if e.retriable || is_connect_failure(&text) {
+        CodecError::RegistryUnavailable { doing, reason: text }
+    } else if text.contains("HTTP request to schema registry failed") {
+        CodecError::Registry { doing, reason: text }
+    } else {
+        // Everything else the encoder reports is about the value not fitting the schema.
+        CodecError::Encode {
+            topic: topic.to_string(),
+            reason: text,
+        }
+    }
+}
+
+/// The converter reports connection failures as non-retriable reqwest errors; they are the
+/// clearest case of a retriable condition, so recognise them.
+fn is_connect_failure(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("error sending request") || t.contains("connect") || t.contains("timed out")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks() {
+        assert!(matches!(
+            split_header(&[]),
+            Err(CodecError::TooShort { len: 0 })
+        ));
+        assert!(matches!(
+            split_header(&[0, 0, 0, 1]),
+            Err(CodecError::TooShort { len: 4 })
+        ));
+        assert!(matches!(
+            split_header(&[1, 0, 0, 0, 7, 2]),
+            Err(CodecError::WrongMagicByte { found: 1 })
+        ));
+        let framed = frame(0x01020304, &[9, 8]);
+        let (id, body) = split_header(&framed).unwrap();
+        assert_eq!(id, 0x01020304);
+        assert_eq!(body, &[9, 8]);
+    }
+}
