@@ -138,9 +138,10 @@ up() {
   local host port
   read -r host port < <(host_port "$TRIBUTARY_KAFKA_BROKERS")
   mkdir -p "$DATA/nisshi"
-  launch nisshi "$host" "$port" 60 -- "$NISSHI_BIN" broker \
+  # nisshi reads the path of a sqlite:// URL as relative to its working directory.
+  (cd "$DATA/nisshi" && launch nisshi "$host" "$port" 60 -- "$NISSHI_BIN" broker \
     --listener-url "tcp://$host:$port" --advertised-listener-url "tcp://$host:$port" \
-    --storage-engine "sqlite://$DATA/nisshi/log.db" --group-initial-rebalance-delay 0s
+    --storage-engine "sqlite://log.db" --group-initial-rebalance-delay 0s)
 
   read -r host port < <(host_port "$TRIBUTARY_SCHEMA_REGISTRY_URL")
   launch registry "$host" "$port" 60 -- "$CARGO_TARGET_DIR/debug/tributary" registry --listen "$host:$port"

@@ -6,7 +6,11 @@ mod registry;
 mod schemas;
 
 #[derive(Parser)]
-#[command(name = "tributary", version, about = "Kafka-Streams-style event pipeline")]
+#[command(
+    name = "tributary",
+    version,
+    about = "Kafka-Streams-style event pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +32,7 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+                .unwrap_or_else(|_| "info,rdkafka=warn,apache_avro=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

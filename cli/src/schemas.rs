@@ -42,8 +42,8 @@ struct Local {
 }
 
 fn load(dir: &Path) -> anyhow::Result<Vec<Local>> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("reading schema folder {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading schema folder {}", dir.display()))?;
     let mut out = Vec::new();
     for entry in entries {
         let path = entry?.path();

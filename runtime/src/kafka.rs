@@ -13,7 +13,10 @@ pub enum KafkaError {
     #[error("kafka client error: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic `{topic}` failed: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 impl KafkaError {
@@ -78,4 +81,22 @@ pub async fn ensure_topic(brokers: &str, topic: &str, spec: TopicSpec) -> Result
 /// A topic name unique to this call, for tests and scratch work: `<prefix>-<uuid>`.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Closes a consumer within `timeout` before it is dropped.
+///
+/// Dropping a `BaseConsumer` that stopped part way through a topic can block in
+/// `rd_kafka_destroy` for 27–100 s on the local broker. Closing the consumer's queue and polling
+/// until librdkafka reports it closed lets the drop return at once.
+pub fn close_consumer<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    timeout: Duration,
+) {
+    if consumer.close_queue().is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while !consumer.closed() && std::time::Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
 }

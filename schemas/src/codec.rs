@@ -8,11 +8,13 @@
 //! converter's [`AvroDecoder`] for the writer schema (cached per id), and then decodes in two
 //! steps so every failure has its own error: the datum against the writer schema (a failure there
 //! means the bytes are truncated or corrupt), then resolution into the reader schema (a failure
-//! there means the two schemas do not match). Nothing in here panics on input.
+//! there means the two schemas do not match). Resolution matches union branches by name (see
+//! `resolve.rs` for why apache-avro's own is not used). Nothing in here panics on input.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
 use apache_avro::Schema;
@@ -23,6 +25,7 @@ use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 
+use crate::resolve::{resolve, Named};
 use crate::types::{AvroRecord, DomainError};
 
 /// Magic byte that opens every record in the Confluent wire format.
@@ -117,7 +120,7 @@ pub struct Codec {
 impl Codec {
     pub fn new(registry_url: &str) -> Codec {
         static LIMIT: OnceLock<usize> = OnceLock::new();
-        LIMIT.get_or_init(|| apache_avro::max_allocation_bytes(MAX_ALLOCATION_BYTES));
+        LIMIT.get_or_init(|| apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES));
         let settings = SrSettings::new(registry_url.trim_end_matches('/').to_string());
         Codec {
             encoder: AvroEncoder::new(settings.clone()),
@@ -127,7 +130,8 @@ impl Codec {
     }
 
     /// Encodes `value` for `topic` with `schema_text`, registering the schema under
-    /// `<topic>-value` on first use.
+    /// `<topic>-value` on first use. A codec keeps the first schema it registered for a subject
+    /// (the converter caches per subject): one topic, one schema per codec.
     pub async fn encode_value(
         &self,
         topic: &str,
@@ -167,12 +171,11 @@ impl Codec {
             self.decoder.remove_errors_from_cache();
             classify_lookup(id, e)
         })?;
-        let value = apache_avro::from_avro_datum(&writer.parsed, &mut body, None).map_err(|e| {
-            CodecError::CorruptDatum {
-                id,
-                reason: e.to_string(),
-            }
-        })?;
+        let corrupt = |reason: String| CodecError::CorruptDatum { id, reason };
+        let value = GenericDatumReader::builder(&writer.parsed)
+            .build()
+            .and_then(|r| r.read_value(&mut body))
+            .map_err(|e| corrupt(e.to_string()))?;
         if !body.is_empty() {
             return Err(CodecError::TrailingBytes {
                 id,
@@ -183,13 +186,14 @@ impl Codec {
             None => value,
             Some(reader) => {
                 self.check_readable(id, &writer.parsed, reader)?;
-                value
-                    .resolve(reader)
-                    .map_err(|e| CodecError::SchemaMismatch {
-                        id,
-                        reader: schema_name(reader),
-                        reason: e.to_string(),
-                    })?
+                let mismatch = |reason: String| CodecError::SchemaMismatch {
+                    id,
+                    reader: schema_name(reader),
+                    reason,
+                };
+                let wn = Named::of(&writer.parsed).map_err(mismatch)?;
+                let rn = Named::of(reader).map_err(mismatch)?;
+                resolve(value, &writer.parsed, reader, &wn, &rn).map_err(mismatch)?
             }
         };
         Ok(Decoded {
@@ -209,8 +213,12 @@ impl Codec {
         let mut cache = self.compatible.lock().unwrap_or_else(|p| p.into_inner());
         let verdict = cache
             .entry(key)
+            // `Partial` (e.g. the writer has a union branch the reader lacks) may still read a
+            // given datum; resolution below reports the records that cannot be read.
             .or_insert_with(|| {
-                SchemaCompatibility::can_read(writer, reader).map_err(|e| e.to_string())
+                SchemaCompatibility::can_read(writer, reader)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             })
             .clone();
         verdict.map_err(|reason| CodecError::SchemaMismatch {
@@ -257,9 +265,15 @@ fn classify_encode(topic: &str, e: SRCError) -> CodecError {
     let text = describe(&e);
     let doing = format!("registering the schema of `{}`", value_subject(topic));
     if e.retriable || is_connect_failure(&text) {
-        CodecError::RegistryUnavailable { doing, reason: text }
+        CodecError::RegistryUnavailable {
+            doing,
+            reason: text,
+        }
     } else if text.contains("HTTP request to schema registry failed") {
-        CodecError::Registry { doing, reason: text }
+        CodecError::Registry {
+            doing,
+            reason: text,
+        }
     } else {
         // Everything else the encoder reports is about the value not fitting the schema.
         CodecError::Encode {

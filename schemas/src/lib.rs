@@ -13,6 +13,8 @@
 //!   registry, with typed errors for every kind of malformed input.
 
 pub mod codec;
+pub mod domain;
+mod resolve;
 pub mod types;
 
 pub use codec::{Codec, CodecError};

@@ -28,6 +28,26 @@ const CLASHING: &str = r#"{"type":"record","name":"Probe","namespace":"test.code
   {"name":"count","type":"string"}
 ]}"#;
 
+/// Two union branches where the second's fields include the first's: shape-based resolution would
+/// read a `Refunded` back as `Captured`.
+const UNION: &str = r#"{"type":"record","name":"Env","namespace":"test.codec","fields":[
+  {"name":"payload","type":[
+    {"type":"record","name":"Captured","fields":[{"name":"id","type":"string"}]},
+    {"type":"record","name":"Refunded","fields":[{"name":"id","type":"string"},{"name":"reason","type":"string"}]}
+  ]}
+]}"#;
+
+/// UNION with a branch inserted in front and a defaulted field added: branches must be found by
+/// name, not by position or shape.
+const UNION_V2: &str = r#"{"type":"record","name":"Env","namespace":"test.codec","fields":[
+  {"name":"payload","type":[
+    {"type":"record","name":"Opened","fields":[{"name":"id","type":"string"}]},
+    {"type":"record","name":"Captured","fields":[{"name":"id","type":"string"}]},
+    {"type":"record","name":"Refunded","fields":[{"name":"id","type":"string"},{"name":"reason","type":"string"}]}
+  ]},
+  {"name":"note","type":["null","string"],"default":null}
+]}"#;
+
 async fn registry() -> RunningRegistry {
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     tributary_registry::start(RegistryConfig {
@@ -89,11 +109,63 @@ async fn round_trip_and_evolution() {
 }
 
 #[tokio::test]
+async fn union_branches_resolve_by_name() {
+    let reg = registry().await;
+    let codec = Codec::new(&format!("http://{}", reg.addr));
+    let topic = unique_name("codec-union");
+    let refunded = Value::Record(vec![(
+        "payload".into(),
+        Value::Union(
+            1,
+            Box::new(Value::Record(vec![
+                ("id".into(), Value::String("p-1".into())),
+                ("reason".into(), Value::String("late".into())),
+            ])),
+        ),
+    )]);
+    let bytes = codec
+        .encode_value(&topic, UNION, refunded.clone())
+        .await
+        .unwrap();
+
+    let same = codec
+        .decode_value(&bytes, Some(&parse(UNION)))
+        .await
+        .unwrap();
+    assert_eq!(same.value, refunded);
+
+    let v2 = codec
+        .decode_value(&bytes, Some(&parse(UNION_V2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        v2.value,
+        Value::Record(vec![
+            (
+                "payload".into(),
+                Value::Union(
+                    2,
+                    Box::new(Value::Record(vec![
+                        ("id".into(), Value::String("p-1".into())),
+                        ("reason".into(), Value::String("late".into())),
+                    ])),
+                ),
+            ),
+            ("note".into(), Value::Union(0, Box::new(Value::Null))),
+        ])
+    );
+    reg.shutdown().await;
+}
+
+#[tokio::test]
 async fn malformed_input_gets_typed_errors() {
     let reg = registry().await;
     let codec = Codec::new(&format!("http://{}", reg.addr));
     let topic = unique_name("codec");
-    let good = codec.encode_value(&topic, V1, probe("abc", 42)).await.unwrap();
+    let good = codec
+        .encode_value(&topic, V1, probe("abc", 42))
+        .await
+        .unwrap();
     let (id, _) = split_header(&good).unwrap();
 
     let err = codec.decode_value(&good[..3], None).await.unwrap_err();
@@ -102,15 +174,27 @@ async fn malformed_input_gets_typed_errors() {
     let mut wrong_magic = good.clone();
     wrong_magic[0] = 7;
     let err = codec.decode_value(&wrong_magic, None).await.unwrap_err();
-    assert!(matches!(err, CodecError::WrongMagicByte { found: 7 }), "{err}");
+    assert!(
+        matches!(err, CodecError::WrongMagicByte { found: 7 }),
+        "{err}"
+    );
 
     let unknown = frame(id + 1000, &good[5..]);
     let err = codec.decode_value(&unknown, None).await.unwrap_err();
-    assert!(matches!(err, CodecError::UnknownSchemaId { id: i } if i == id + 1000), "{err}");
+    assert!(
+        matches!(err, CodecError::UnknownSchemaId { id: i } if i == id + 1000),
+        "{err}"
+    );
     assert!(!err.retriable());
 
-    let err = codec.decode_value(&good[..good.len() - 1], None).await.unwrap_err();
-    assert!(matches!(err, CodecError::CorruptDatum { id: i, .. } if i == id), "{err}");
+    let err = codec
+        .decode_value(&good[..good.len() - 1], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CodecError::CorruptDatum { id: i, .. } if i == id),
+        "{err}"
+    );
 
     // The string length varint claims ~2^62 bytes: an error, not an allocation attempt.
     let mut corrupt = frame(id, &[]);
@@ -121,7 +205,10 @@ async fn malformed_input_gets_typed_errors() {
     let mut trailing = good.clone();
     trailing.extend_from_slice(&[1, 2, 3]);
     let err = codec.decode_value(&trailing, None).await.unwrap_err();
-    assert!(matches!(err, CodecError::TrailingBytes { extra: 3, .. }), "{err}");
+    assert!(
+        matches!(err, CodecError::TrailingBytes { extra: 3, .. }),
+        "{err}"
+    );
 
     let err = codec
         .decode_value(&good, Some(&parse(CLASHING)))
@@ -134,13 +221,19 @@ async fn malformed_input_gets_typed_errors() {
 
     // A value that does not fit the schema is refused before anything is sent.
     let err = codec
-        .encode_value(&topic, V1, Value::Record(vec![("id".into(), Value::Long(1))]))
+        .encode_value(
+            &topic,
+            V1,
+            Value::Record(vec![("id".into(), Value::Long(1))]),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, CodecError::Encode { .. }), "{err}");
 
     // Registering a schema that breaks the subject's BACKWARD level is refused by the registry.
-    let err = codec
+    // (A fresh codec: an encoder keeps the first schema it registered for a subject.)
+    let fresh = Codec::new(&format!("http://{}", reg.addr));
+    let err = fresh
         .encode_value(
             &topic,
             CLASHING,
@@ -174,7 +267,10 @@ async fn malformed_input_gets_typed_errors() {
 async fn unreachable_registry_is_retriable() {
     // Port 9 (discard) is not served on loopback here: the connection is refused.
     let codec = Codec::new("http://127.0.0.1:9");
-    let err = codec.decode_value(&frame(1, &[2, 0x61, 4]), None).await.unwrap_err();
+    let err = codec
+        .decode_value(&frame(1, &[2, 0x61, 4]), None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, CodecError::RegistryUnavailable { .. }),
         "{err}"
