@@ -1,0 +1,11 @@
+//! # Layout
+//!
+//! Sink connectors keep each store a materialized view of the event topics.
+//!
+//! - [`change`]: what a sink writes. An event becomes zero or more [`change::Change`]s (upsert,
+//!   patch, delete or append of one entity of one view), each carrying the entity's version: the
+//!   event's per-aggregate `sequence`. A store applies a change only when its version is newer than
+//!   the stored one, so replaying the log changes nothing.
+//! - [`change::ViewWriter`]: the one trait a store implements: apply a batch durably.
+
+pub mod change;
