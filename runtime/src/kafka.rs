@@ -46,8 +46,7 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         // Fail fast and visibly when the broker is not there rather than hanging.
-        .set("socket.timeout.ms", "10000")
-        .set("message.timeout.ms", "30000");
+        .set("socket.timeout.ms", "10000");
     cfg
 }
 
