@@ -2,8 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod produce;
 mod registry;
 mod schemas;
+mod topics;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +27,23 @@ enum Command {
         #[command(subcommand)]
         command: schemas::Command,
     },
+    /// Create the pipeline's command and event topics (idempotent).
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Send one command, given as JSON on the command line or stdin.
+    Produce(produce::ProduceArgs),
+    /// Serve the HTTP command gateway.
+    Gateway(produce::GatewayArgs),
+    /// Send a seeded e-commerce workload.
+    Loadgen(produce::LoadgenArgs),
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every command and event topic that does not exist yet.
+    Create(topics::Args),
 }
 
 #[tokio::main]
@@ -40,6 +59,12 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Registry(args) => registry::run(args).await,
         Command::Schemas { command } => schemas::run(command).await,
+        Command::Topics {
+            command: TopicsCommand::Create(args),
+        } => topics::create(args).await,
+        Command::Produce(args) => produce::produce(args).await,
+        Command::Gateway(args) => produce::gateway(args).await,
+        Command::Loadgen(args) => produce::loadgen(args).await,
     };
     match result {
         Ok(code) => code,
@@ -47,5 +72,21 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM: long-running subcommands shut down gracefully on either.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
 }

@@ -42,29 +42,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     tracing::info!(addr = %running.addr, topic = %args.topic, "schema registry listening");
-    shutdown_signal().await;
+    crate::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

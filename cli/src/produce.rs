@@ -1,0 +1,175 @@
+//! `tributary produce`, `tributary gateway`, `tributary loadgen`: the ways commands enter.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use tributary_producers::gateway::{GatewayConfig, RateLimit};
+use tributary_producers::loadgen::Workload;
+use tributary_producers::{Command, CommandSender};
+use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL, SCHEMA_REGISTRY_URL};
+use tributary_schemas::Codec;
+
+#[derive(ClapArgs, Clone)]
+pub struct Conn {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
+    brokers: String,
+    /// Schema registry URL.
+    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
+    registry: String,
+}
+
+impl Conn {
+    fn sender(&self) -> anyhow::Result<Arc<CommandSender>> {
+        let codec = Arc::new(Codec::new(&self.registry));
+        let sender = CommandSender::new(&self.brokers, codec, "")
+            .with_context(|| format!("creating a producer for {}", self.brokers))?;
+        Ok(Arc::new(sender))
+    }
+}
+
+#[derive(ClapArgs)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Command topic: commands.users, commands.inventory, commands.orders or commands.payments.
+    topic: String,
+    /// The command as JSON, e.g. '{"payload": {"RestockProduct": {"product_id": "p-1", "quantity": 5}}}';
+    /// read from stdin when absent or `-`.
+    json: Option<String>,
+}
+
+pub async fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
+    let json = match args.json.as_deref() {
+        Some(j) if j != "-" => j.to_string(),
+        _ => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the command from stdin")?;
+            s
+        }
+    };
+    let command = Command::parse(&args.topic, &json)?;
+    let sender = args.conn.sender()?;
+    let d = sender.send(&command).await?;
+    println!(
+        "{} {} → {}[{}]@{}",
+        command.name(),
+        command.id(),
+        sender.topic_for(&command),
+        d.partition,
+        d.offset
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(ClapArgs)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Redis holding rate-limit counters and the order-status view.
+    #[arg(long, env = "TRIBUTARY_REDIS_URL", default_value = REDIS_URL.default)]
+    redis: String,
+    /// Commands per user per window; 0 disables the limit.
+    #[arg(long, default_value_t = 20)]
+    rate_limit: u64,
+    /// Rate-limit window in seconds.
+    #[arg(long, default_value_t = 1)]
+    rate_window_secs: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+    /// Prefix of the Redis keys the gateway reads and writes.
+    #[arg(long, default_value = "tributary:v1:")]
+    key_prefix: String,
+}
+
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let client = redis::Client::open(args.redis.as_str())
+        .with_context(|| format!("redis URL {}", args.redis))?;
+    let redis = redis::aio::ConnectionManager::new(client)
+        .await
+        .with_context(|| format!("connecting to redis at {}", args.redis))?;
+    let config = GatewayConfig {
+        listen: args.listen,
+        max_body_bytes: args.max_body_bytes,
+        rate_limit: (args.rate_limit > 0).then(|| RateLimit {
+            redis: redis.clone(),
+            max: args.rate_limit,
+            window: Duration::from_secs(args.rate_window_secs.max(1)),
+            prefix: format!("{}ratelimit:", args.key_prefix),
+        }),
+        order_view: Some((redis, args.key_prefix.clone())),
+    };
+    tributary_producers::gateway::serve(args.conn.sender()?, config, crate::shutdown_signal())
+        .await
+        .with_context(|| format!("serving the gateway on {}", args.listen))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(ClapArgs)]
+pub struct LoadgenArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 500)]
+    users: usize,
+    #[arg(long, default_value_t = 100)]
+    products: usize,
+    #[arg(long, default_value_t = 20_000)]
+    orders: usize,
+    /// Share of users whose payments are declined (0–1).
+    #[arg(long, default_value_t = 0.05)]
+    decline_share: f64,
+    #[arg(long, default_value_t = 400)]
+    initial_stock: i32,
+    /// Commands per second; as fast as possible when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Unacknowledged sends allowed at once.
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+}
+
+pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.decline_share),
+        "--decline-share must be between 0 and 1, got {}",
+        args.decline_share
+    );
+    let workload = Workload {
+        seed: args.seed,
+        users: args.users,
+        products: args.products,
+        orders: args.orders,
+        decline_share: args.decline_share,
+        initial_stock: args.initial_stock,
+    };
+    let report = tributary_producers::loadgen::run(
+        args.conn.sender()?,
+        &workload,
+        args.rate,
+        args.in_flight,
+    )
+    .await?;
+    let secs = report.elapsed.as_secs_f64();
+    println!(
+        "sent {} commands in {:.1} s ({:.0}/s)",
+        report.sent,
+        secs,
+        report.sent as f64 / secs.max(1e-9)
+    );
+    for (name, n) in &report.by_command {
+        println!("  {name:<16} {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,262 @@
+//! A deterministic e-commerce workload: the same seed gives the same commands, in the same order.
+//!
+//! First every user registers and every product is added (with stock), then orders are placed.
+//! Realism, kept deliberately simple:
+//! - **Skew**: product popularity follows a power law (`index = n · u³`), so a few products get
+//!   most orders and run out of stock: these are the stock-outs the saga must compensate.
+//! - **Failing payments**: a share of users belongs to the declining cohort: their ids end in
+//!   [`DECLINING_USER_SUFFIX`], which the payment processor's default decline rule refuses.
+//! - Orders have 1–3 lines of 1–3 units each.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tributary_schemas::domain::{AddProduct, PlaceOrder, PlaceOrderLine, RegisterUser};
+use tributary_schemas::types::Envelope;
+
+use crate::command::Command;
+use crate::sender::{CommandSender, SendError};
+
+/// Users whose id ends with this have their payments declined by the payment processor's
+/// default rule; the load generator puts `decline_share` of its users in that cohort.
+pub const DECLINING_USER_SUFFIX: &str = "-declines";
+
+/// The workload's shape.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub seed: u64,
+    pub users: usize,
+    pub products: usize,
+    pub orders: usize,
+    /// Share (0–1) of users whose payments are declined.
+    pub decline_share: f64,
+    /// Units of stock each product starts with.
+    pub initial_stock: i32,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            seed: 42,
+            users: 500,
+            products: 100,
+            orders: 20_000,
+            decline_share: 0.05,
+            initial_stock: 400,
+        }
+    }
+}
+
+impl Workload {
+    /// Every command of the workload, in sending order.
+    pub fn commands(&self) -> Vec<Command> {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut out = Vec::with_capacity(self.users + self.products + self.orders);
+        let users: Vec<String> = (0..self.users)
+            .map(|i| {
+                if rng.random::<f64>() < self.decline_share {
+                    format!("user-{i:05}{DECLINING_USER_SUFFIX}")
+                } else {
+                    format!("user-{i:05}")
+                }
+            })
+            .collect();
+        for (i, user) in users.iter().enumerate() {
+            let cmd = RegisterUser {
+                user_id: user.clone(),
+                email: format!("user{i}@example.com"),
+                display_name: format!("User {i}"),
+                locale: Some("en-GB".into()),
+            };
+            out.push(Command::Users(self.envelope(&mut rng, user, cmd)));
+        }
+        let products: Vec<String> = (0..self.products)
+            .map(|i| format!("product-{i:04}"))
+            .collect();
+        for (i, product) in products.iter().enumerate() {
+            let cmd = AddProduct {
+                product_id: product.clone(),
+                sku: format!("SKU-{i:04}"),
+                name: format!("Product {i}"),
+                description: Some(format!("The {i}th product of the catalog")),
+                unit_price_cents: rng.random_range(199..=19_999),
+                currency: "EUR".into(),
+                initial_stock: self.initial_stock,
+            };
+            out.push(Command::Inventory(self.envelope(&mut rng, product, cmd)));
+        }
+        if users.is_empty() || products.is_empty() {
+            return out;
+        }
+        for i in 0..self.orders {
+            let order_id = format!("order-{i:07}");
+            let user = &users[rng.random_range(0..users.len())];
+            let mut lines: Vec<PlaceOrderLine> = Vec::new();
+            for _ in 0..rng.random_range(1..=3) {
+                let u: f64 = rng.random();
+                let p = ((products.len() as f64) * u * u * u) as usize;
+                let product_id = products[p.min(products.len() - 1)].clone();
+                if lines.iter().any(|l| l.product_id == product_id) {
+                    continue;
+                }
+                lines.push(PlaceOrderLine {
+                    product_id,
+                    quantity: rng.random_range(1..=3),
+                });
+            }
+            let cmd = PlaceOrder {
+                order_id: order_id.clone(),
+                user_id: user.clone(),
+                lines,
+                currency: "EUR".into(),
+            };
+            out.push(Command::Orders(self.envelope(&mut rng, &order_id, cmd)));
+        }
+        out
+    }
+
+    /// An envelope whose id comes from the seeded generator, so reruns send the same ids.
+    fn envelope<P>(&self, rng: &mut StdRng, aggregate: &str, payload: impl Into<P>) -> Envelope<P> {
+        let id = uuid::Builder::from_random_bytes(rng.random())
+            .into_uuid()
+            .to_string();
+        let mut env = Envelope::new(aggregate, id.clone(), payload);
+        env.id = id;
+        env
+    }
+}
+
+/// What a run sent.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub sent: u64,
+    pub by_command: std::collections::BTreeMap<&'static str, u64>,
+    pub elapsed: Duration,
+}
+
+/// Sends the workload at `rate` commands per second (as fast as possible when `None`), with up
+/// to `in_flight` unacknowledged sends, showing progress on stderr when it is a terminal.
+pub async fn run(
+    sender: Arc<CommandSender>,
+    workload: &Workload,
+    rate: Option<f64>,
+    in_flight: usize,
+) -> Result<Report, SendError> {
+    let commands = workload.commands();
+    let bar = ProgressBar::new(commands.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} commands ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut pending = FuturesUnordered::new();
+    let interval = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    // Registrations and catalog first: orders refer to them, and the partitions are different.
+    let first_order = commands
+        .iter()
+        .position(|c| matches!(c, Command::Orders(_)));
+    for (i, command) in commands.into_iter().enumerate() {
+        if Some(i) == first_order {
+            while let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+        if let Some(step) = interval {
+            let due = started + step.mul_f64(i as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        while pending.len() >= in_flight.max(1) {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+        *report.by_command.entry(command.name()).or_insert(0) += 1;
+        let sender = sender.clone();
+        let bar = bar.clone();
+        pending.push(async move {
+            let r = sender.send(&command).await.map(|_| ());
+            bar.inc(1);
+            r
+        });
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    bar.finish_and_clear();
+    report.sent = report.by_command.values().sum();
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_commands() {
+        let w = Workload {
+            orders: 200,
+            users: 20,
+            products: 10,
+            ..Workload::default()
+        };
+        let a = w.commands();
+        let b = w.commands();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 230);
+        let other = Workload {
+            seed: 7,
+            ..w.clone()
+        }
+        .commands();
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn workload_is_skewed_and_has_a_declining_cohort() {
+        let w = Workload {
+            orders: 2000,
+            users: 400,
+            products: 50,
+            decline_share: 0.1,
+            ..Workload::default()
+        };
+        let commands = w.commands();
+        let declining = commands
+            .iter()
+            .filter(|c| {
+                matches!(c, Command::Users(_)) && c.aggregate_id().ends_with(DECLINING_USER_SUFFIX)
+            })
+            .count();
+        assert!(
+            (20..=60).contains(&declining),
+            "{declining} declining users of 400"
+        );
+        let mut per_product = std::collections::HashMap::new();
+        for c in &commands {
+            if let Command::Orders(env) = c {
+                if let tributary_schemas::domain::OrderCommand::PlaceOrder(o) = &env.payload {
+                    assert!(!o.lines.is_empty());
+                    for l in &o.lines {
+                        *per_product.entry(l.product_id.clone()).or_insert(0) += l.quantity;
+                    }
+                }
+            }
+        }
+        let hottest = per_product.get("product-0000").copied().unwrap_or(0);
+        let coldest = per_product.get("product-0049").copied().unwrap_or(0);
+        assert!(
+            hottest > 5 * coldest.max(1),
+            "hottest {hottest}, coldest {coldest}"
+        );
+    }
+}
