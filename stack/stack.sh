@@ -93,6 +93,16 @@ install_venv() {
   cp "$req" "$stamp"
 }
 
+# Prometheus (and promtool, which lints our /metrics output) from Debian's package.
+install_prometheus() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+  command -v apt-get >/dev/null || die "prometheus is missing and apt-get is not available to install it"
+  log "installing prometheus (Debian package)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }; } ||
+    die "apt-get install prometheus failed"
+}
+
 build_cli() {
   log "building the tributary binary (cargo build -p tributary)"
   (cd "$root" && cargo build -q -p tributary) || die "cargo build -p tributary failed"
@@ -133,6 +143,7 @@ up() {
   mkdir -p "$PIDS" "$LOGS" "$DATA"
   install_nisshi
   install_venv
+  install_prometheus
   build_cli
 
   local host port

@@ -108,6 +108,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             prefix: format!("{}ratelimit:", args.key_prefix),
         }),
         order_view: Some((redis, args.key_prefix.clone())),
+        metrics: prometheus::Registry::new(),
     };
     tributary_producers::gateway::serve(args.conn.sender()?, config, crate::shutdown_signal())
         .await

@@ -4,19 +4,21 @@
 //!   the command id once the broker has acknowledged the record; `400` with the reason for input
 //!   that does not fit; `413` for bodies over the limit; `429` when the user is over their rate.
 //! - `GET /orders/{id}`: the order's current status, from the Redis order-status view.
-//! - `GET /health`.
+//! - `GET /health`, `GET /metrics` (Prometheus): `tributary_gateway_commands_total{command,outcome}`
+//!   and `tributary_gateway_request_duration_seconds{outcome}`.
 //!
 //! Errors are JSON: `{"error": "...", "input": "..."}` naming what was refused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
@@ -70,6 +72,46 @@ enum RateError {
     Unavailable(String),
 }
 
+/// The gateway's metrics. Labels are bounded: `command` is a record name of the command
+/// schemas (or `unknown`), `outcome` one of accepted, invalid, rate_limited, unavailable.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    commands: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl GatewayMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let commands = IntCounterVec::new(
+            Opts::new(
+                "tributary_gateway_commands_total",
+                "Commands received by the HTTP gateway, by command and outcome.",
+            ),
+            &["command", "outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tributary_gateway_request_duration_seconds",
+                "Time from request to answer of POST /commands, including the broker's ack.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(commands.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(GatewayMetrics { commands, duration })
+    }
+
+    fn record(&self, command: &str, outcome: &str, started: Instant) {
+        self.commands.with_label_values(&[command, outcome]).inc();
+        self.duration
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// How to run a gateway.
 #[derive(Clone)]
 pub struct GatewayConfig {
@@ -78,26 +120,32 @@ pub struct GatewayConfig {
     pub rate_limit: Option<RateLimit>,
     /// Redis connection and key prefix of the order-status view (`<prefix>order:<id>` hashes).
     pub order_view: Option<(ConnectionManager, String)>,
+    /// Registry the gateway's metrics are kept in and `/metrics` serves.
+    pub metrics: Registry,
 }
 
 #[derive(Clone)]
 struct AppState {
     sender: Arc<CommandSender>,
     config: Arc<GatewayConfig>,
+    metrics: GatewayMetrics,
 }
 
 /// The gateway's routes, for serving or for tests.
-pub fn router(sender: Arc<CommandSender>, config: GatewayConfig) -> Router {
+pub fn router(sender: Arc<CommandSender>, config: GatewayConfig) -> prometheus::Result<Router> {
     let limit = config.max_body_bytes;
-    Router::new()
+    let metrics = GatewayMetrics::new(&config.metrics)?;
+    let observability = tributary_runtime::metrics::routes(config.metrics.clone());
+    Ok(Router::new()
         .route("/commands/{topic}", post(post_command))
         .route("/orders/{id}", get(get_order))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(AppState {
             sender,
             config: Arc::new(config),
+            metrics,
         })
+        .merge(observability))
 }
 
 /// Serves until `shutdown` completes; returns the bound address through `bound`.
@@ -108,7 +156,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "command gateway listening");
-    axum::serve(listener, router(sender, config))
+    let app = router(sender, config).map_err(std::io::Error::other)?;
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -126,17 +175,45 @@ async fn post_command(
     Path(topic): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let text = match std::str::from_utf8(&body) {
+    let started = Instant::now();
+    let (command, outcome, response) = handle_command(&state, &topic, &body).await;
+    state.metrics.record(command, outcome, started);
+    response
+}
+
+/// The command's name (for metrics), the outcome label, and the answer.
+async fn handle_command(
+    state: &AppState,
+    topic: &str,
+    body: &[u8],
+) -> (&'static str, &'static str, Response) {
+    const INVALID: &str = "invalid";
+    let topic = topic.to_string();
+    let text = match std::str::from_utf8(body) {
         Ok(t) => t,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "body is not UTF-8", &topic),
+        Err(_) => {
+            let r = error(StatusCode::BAD_REQUEST, "body is not UTF-8", &topic);
+            return ("unknown", INVALID, r);
+        }
     };
     let command = match Command::parse(&topic, text) {
         Ok(c) => c,
         Err(e @ crate::command::CommandError::UnknownTopic { .. }) => {
-            return error(StatusCode::NOT_FOUND, e.to_string(), &topic)
+            return (
+                "unknown",
+                INVALID,
+                error(StatusCode::NOT_FOUND, e.to_string(), &topic),
+            )
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string(), &topic),
+        Err(e) => {
+            return (
+                "unknown",
+                INVALID,
+                error(StatusCode::BAD_REQUEST, e.to_string(), &topic),
+            )
+        }
     };
+    let name = command.name();
     if let (Some(limit), Some(user)) = (&state.config.rate_limit, command.user_id()) {
         match limit.admit(&user).await {
             Ok(()) => {}
@@ -152,31 +229,39 @@ async fn post_command(
                 if let Ok(v) = retry_after.to_string().parse() {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
-                return resp;
+                return (name, "rate_limited", resp);
             }
             Err(RateError::Unavailable(e)) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("rate limiter unavailable: {e}"),
-                    &topic,
-                )
+                let msg = format!("rate limiter unavailable: {e}");
+                let r = error(StatusCode::SERVICE_UNAVAILABLE, msg, &topic);
+                return (name, "unavailable", r);
             }
         }
     }
     match state.sender.send(&command).await {
-        Ok(d) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
+        Ok(d) => {
+            let body = Json(json!({
                 "command_id": command.id(),
-                "command": command.name(),
+                "command": name,
                 "topic": state.sender.topic_for(&command),
                 "partition": d.partition,
                 "offset": d.offset,
-            })),
-        )
-            .into_response(),
-        Err(e) if e.retriable() => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), &topic),
-        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string(), &topic),
+            }));
+            (
+                name,
+                "accepted",
+                (StatusCode::ACCEPTED, body).into_response(),
+            )
+        }
+        Err(e) if e.retriable() => {
+            let r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), &topic);
+            (name, "unavailable", r)
+        }
+        Err(e) => (
+            name,
+            INVALID,
+            error(StatusCode::BAD_REQUEST, e.to_string(), &topic),
+        ),
     }
 }
 

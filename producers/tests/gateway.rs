@@ -17,6 +17,24 @@ use tributary_schemas::domain::OrderCommand;
 use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
 
+/// Runs a command with `input` on its stdin.
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output;
+}
+
+impl WithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs (make up installs prometheus)");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
 fn place_order(order: &str, user: &str) -> Value {
     json!({"payload": {"PlaceOrder": {"order_id": order, "user_id": user, "currency": "EUR",
         "lines": [{"product_id": "p-1", "quantity": 2}]}}})
@@ -81,10 +99,11 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
             prefix: format!("{key_prefix}ratelimit:"),
         }),
         order_view: Some((conn.clone(), key_prefix.clone())),
+        metrics: prometheus::Registry::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = gateway::router(sender, config);
+    let app = gateway::router(sender, config).unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{addr}{path}");
@@ -192,6 +211,41 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
     assert_eq!(body["view"]["status"], "CONFIRMED");
     let resp = http.get(url("/orders/o-404")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+
+    // Metrics count every outcome; the exposition passes promtool's lint.
+    let text = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |labels: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("tributary_gateway_commands_total{{{labels}}}")))
+            .unwrap_or_else(|| panic!("no series {labels} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(series(r#"command="PlaceOrder",outcome="accepted""#), 3.0);
+    assert_eq!(
+        series(r#"command="PlaceOrder",outcome="rate_limited""#),
+        1.0
+    );
+    assert_eq!(series(r#"command="unknown",outcome="invalid""#), 2.0);
+    assert!(text.contains("tributary_gateway_request_duration_seconds_bucket"));
+    let lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(text.as_bytes());
+    assert!(
+        lint.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let health = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
 
     // Clean up the test's keys.
     let keys: Vec<String> = redis::cmd("KEYS")

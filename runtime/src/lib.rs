@@ -6,9 +6,11 @@
 //!   Elasticsearch), read from `TRIBUTARY_*` environment variables with loopback defaults. The same
 //!   names and defaults are used by `stack/env.sh`, which starts the local stack.
 //! - [`kafka`]: building rdkafka clients from that configuration and creating topics idempotently.
+//! - [`metrics`]: `/metrics` and `/health` for long-running processes.
 
 pub mod config;
 pub mod kafka;
+pub mod metrics;
 
 pub use config::Endpoints;
 pub use kafka::KafkaError;
