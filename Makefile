@@ -30,6 +30,10 @@ build:
 fmt:
 	cargo fmt --all
 
+## Benchmarks (results and the commands that made them: BENCHMARKS.md).
+bench: up
+	$(ENV) cargo bench -p tributary-schemas --bench codec
+
 lint:
 	cargo fmt --all -- --check
 	$(ENV) cargo clippy --workspace --all-targets -- -D warnings

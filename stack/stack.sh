@@ -159,8 +159,10 @@ up() {
 
   read -r host port < <(host_port "$TRIBUTARY_MONGODB_URL")
   mkdir -p "$DATA/mongodb"
+  # --sync-on-commit: without it SecantusDB acknowledges journaled writes before they are on disk,
+  # and a sink stores offsets on that acknowledgement.
   launch mongodb "$host" "$port" 60 -- "$VENV/bin/secantusd-py" --host "$host" --port "$port" \
-    --storage-path "$DATA/mongodb"
+    --storage-path "$DATA/mongodb" --sync-on-commit
 
   read -r host port < <(host_port "$TRIBUTARY_ELASTICSEARCH_URL")
   mkdir -p "$DATA/elasticsearch"

@@ -107,14 +107,41 @@ pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
 }
 
+/// What decoding data of one writer schema needs, prepared once per schema id: the parsed
+/// schema, a datum reader with its named types resolved, and the named types for resolution.
+///
+/// The plan is leaked to borrow the schema for `'static` (the datum reader borrows it): one
+/// allocation per schema id the process ever reads, a number the registry bounds. Building the
+/// reader per record instead costs more than decoding the record.
+struct WriterPlan {
+    schema: &'static Schema,
+    reader: GenericDatumReader<'static>,
+    names: Named<'static>,
+}
+
+/// A reader schema with its named types resolved once.
+enum Reader<'r> {
+    /// A schema that lives for the whole program (a domain type's), cached by its address.
+    Static(&'static Schema),
+    /// Any other schema: prepared again on each call.
+    Borrowed(&'r Schema),
+}
+
 /// Encoder and decoder bound to one schema registry. Cheap to share behind an `Arc`; all
 /// lookups are cached.
 pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
-    /// Whether writer schema `id` can be read with a reader schema (keyed by its canonical form):
-    /// checked once per pair, since the answer never changes for registered schemas.
-    compatible: Mutex<HashMap<(u32, String), Result<(), String>>>,
+    writers: Mutex<HashMap<u32, &'static WriterPlan>>,
+    /// Named types of `'static` reader schemas, keyed by the schema's address.
+    readers: Mutex<HashMap<usize, &'static Named<'static>>>,
+    /// Whether writer schema `id` can be read with a `'static` reader schema: checked once per
+    /// pair, since the answer never changes for registered schemas.
+    verdicts: Mutex<HashMap<(u32, usize), Result<Same, String>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Codec {
@@ -125,7 +152,9 @@ impl Codec {
         Codec {
             encoder: AvroEncoder::new(settings.clone()),
             decoder: AvroDecoder::new(settings),
-            compatible: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
+            verdicts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -166,67 +195,143 @@ impl Codec {
         bytes: &[u8],
         reader: Option<&Schema>,
     ) -> Result<Decoded, CodecError> {
+        self.decode_with(bytes, reader.map(Reader::Borrowed)).await
+    }
+
+    /// Decodes a domain record, reading whatever compatible schema it was written with as `T`'s.
+    pub async fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let decoded = self
+            .decode_with(bytes, Some(Reader::Static(T::schema())))
+            .await?;
+        Ok(T::from_avro(decoded.value)?)
+    }
+
+    async fn decode_with(
+        &self,
+        bytes: &[u8],
+        reader: Option<Reader<'_>>,
+    ) -> Result<Decoded, CodecError> {
         let (id, mut body) = split_header(bytes)?;
-        let writer = self.decoder.get_schema(id).await.map_err(|e| {
-            self.decoder.remove_errors_from_cache();
-            classify_lookup(id, e)
-        })?;
-        let corrupt = |reason: String| CodecError::CorruptDatum { id, reason };
-        let value = GenericDatumReader::builder(&writer.parsed)
-            .build()
-            .and_then(|r| r.read_value(&mut body))
-            .map_err(|e| corrupt(e.to_string()))?;
+        let plan = self.writer_plan(id).await?;
+        let value = plan
+            .reader
+            .read_value(&mut body)
+            .map_err(|e| CodecError::CorruptDatum {
+                id,
+                reason: e.to_string(),
+            })?;
         if !body.is_empty() {
             return Err(CodecError::TrailingBytes {
                 id,
                 extra: body.len(),
             });
         }
-        let value = match reader {
-            None => value,
-            Some(reader) => {
-                self.check_readable(id, &writer.parsed, reader)?;
-                let mismatch = |reason: String| CodecError::SchemaMismatch {
-                    id,
-                    reader: schema_name(reader),
-                    reason,
-                };
-                let wn = Named::of(&writer.parsed).map_err(mismatch)?;
-                let rn = Named::of(reader).map_err(mismatch)?;
-                resolve(value, &writer.parsed, reader, &wn, &rn).map_err(mismatch)?
-            }
+        let Some(reader) = reader else {
+            return Ok(Decoded {
+                schema_id: id,
+                value,
+            });
         };
+        let schema = match reader {
+            Reader::Static(s) => s,
+            Reader::Borrowed(s) => s,
+        };
+        let mismatch = |reason: String| CodecError::SchemaMismatch {
+            id,
+            reader: schema_name(schema),
+            reason,
+        };
+        let value = match reader {
+            Reader::Static(r) => {
+                let key = (id, r as *const Schema as usize);
+                let verdict = lock(&self.verdicts)
+                    .entry(key)
+                    .or_insert_with(|| readable(plan.schema, r))
+                    .clone();
+                if verdict.map_err(mismatch)? == Same::Yes {
+                    // Written with the reader's own schema (the common case): already in shape.
+                    return Ok(Decoded {
+                        schema_id: id,
+                        value,
+                    });
+                }
+                let names = self.reader_names(r).map_err(mismatch)?;
+                resolve(value, plan.schema, r, &plan.names, names)
+            }
+            Reader::Borrowed(r) => {
+                if readable(plan.schema, r).map_err(mismatch)? == Same::Yes {
+                    return Ok(Decoded {
+                        schema_id: id,
+                        value,
+                    });
+                }
+                let names = Named::of(r).map_err(mismatch)?;
+                resolve(value, plan.schema, r, &plan.names, &names)
+            }
+        }
+        .map_err(mismatch)?;
         Ok(Decoded {
             schema_id: id,
             value,
         })
     }
 
-    /// Decodes a domain record, reading whatever compatible schema it was written with as `T`'s.
-    pub async fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        let decoded = self.decode_value(bytes, Some(T::schema())).await?;
-        Ok(T::from_avro(decoded.value)?)
+    async fn writer_plan(&self, id: u32) -> Result<&'static WriterPlan, CodecError> {
+        if let Some(plan) = lock(&self.writers).get(&id) {
+            return Ok(plan);
+        }
+        let registered = self.decoder.get_schema(id).await.map_err(|e| {
+            self.decoder.remove_errors_from_cache();
+            classify_lookup(id, e)
+        })?;
+        let invalid = |reason: String| CodecError::Registry {
+            doing: format!("preparing schema id {id}"),
+            reason,
+        };
+        let schema: &'static Schema = Box::leak(Box::new(registered.parsed.clone()));
+        let reader = GenericDatumReader::builder(schema)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        let names = Named::of(schema).map_err(invalid)?;
+        let mut writers = lock(&self.writers);
+        // Another task may have prepared it meanwhile; keep the first (the leak stays bounded).
+        Ok(*writers.entry(id).or_insert_with(|| {
+            Box::leak(Box::new(WriterPlan {
+                schema,
+                reader,
+                names,
+            }))
+        }))
     }
 
-    fn check_readable(&self, id: u32, writer: &Schema, reader: &Schema) -> Result<(), CodecError> {
-        let key = (id, reader.canonical_form());
-        let mut cache = self.compatible.lock().unwrap_or_else(|p| p.into_inner());
-        let verdict = cache
-            .entry(key)
-            // `Partial` (e.g. the writer has a union branch the reader lacks) may still read a
-            // given datum; resolution below reports the records that cannot be read.
-            .or_insert_with(|| {
-                SchemaCompatibility::can_read(writer, reader)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-            .clone();
-        verdict.map_err(|reason| CodecError::SchemaMismatch {
-            id,
-            reader: schema_name(reader),
-            reason,
-        })
+    fn reader_names(&self, reader: &'static Schema) -> Result<&'static Named<'static>, String> {
+        let key = reader as *const Schema as usize;
+        if let Some(names) = lock(&self.readers).get(&key) {
+            return Ok(names);
+        }
+        let names: &'static Named<'static> = Box::leak(Box::new(Named::of(reader)?));
+        Ok(*lock(&self.readers).entry(key).or_insert(names))
     }
+}
+
+/// Whether a writer schema is exactly the reader's, so decoded values need no resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Same {
+    Yes,
+    No,
+}
+
+/// Whether data written with `writer` may be read with `reader`. `Partial` (e.g. the writer has
+/// a union branch the reader lacks) may still read a given datum; resolution reports the records
+/// that cannot be read. Identity is decided on the full JSON form (logical types, defaults and
+/// all), not on Avro's canonical form, which drops some of them.
+fn readable(writer: &Schema, reader: &Schema) -> Result<Same, String> {
+    SchemaCompatibility::can_read(writer, reader).map_err(|e| e.to_string())?;
+    let same = match (serde_json::to_string(writer), serde_json::to_string(reader)) {
+        (Ok(w), Ok(r)) if w == r => Same::Yes,
+        _ => Same::No,
+    };
+    Ok(same)
 }
 
 fn schema_name(schema: &Schema) -> String {

@@ -277,3 +277,66 @@ async fn unreachable_registry_is_retriable() {
     );
     assert!(err.retriable());
 }
+
+/// A domain type read through the cached, typed path when the writer used a different schema:
+/// a newer producer's `events.users` with a branch inserted *first* (shifting every union index)
+/// and an extra envelope field. Branches must be matched by name, the extra field dropped.
+#[tokio::test]
+async fn typed_decode_resolves_a_different_writer_schema_by_name() {
+    use tributary_schemas::domain::users::{UserEvent, UserRegistered};
+    use tributary_schemas::types::Envelope;
+    use tributary_schemas::AvroRecord;
+
+    let reg = registry().await;
+    let codec = Codec::new(&format!("http://{}", reg.addr));
+
+    let mut schema: serde_json::Value =
+        serde_json::from_str(<Envelope<UserEvent> as AvroRecord>::SCHEMA_TEXT).unwrap();
+    let fields = schema["fields"].as_array_mut().unwrap();
+    fields.push(serde_json::json!({"name": "tenant", "type": ["null", "string"], "default": null}));
+    let payload = fields.iter_mut().find(|f| f["name"] == "payload").unwrap();
+    payload["type"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"type": "record", "name": "UserMerged", "fields": [
+            {"name": "user_id", "type": "string"}, {"name": "into", "type": "string"}]}),
+    );
+    let writer_text = schema.to_string();
+
+    let original: Envelope<UserEvent> = Envelope::new(
+        "u-1",
+        "c-1",
+        UserEvent::UserRegistered(UserRegistered {
+            user_id: "u-1".into(),
+            email: "u@example.com".into(),
+            display_name: "U".into(),
+            locale: None,
+        }),
+    );
+    // The same record in the writer's shape: union index + 1, and the extra field.
+    let Value::Record(mut fields) = original.to_avro().unwrap() else {
+        panic!("a record")
+    };
+    for (name, v) in fields.iter_mut() {
+        if name == "payload" {
+            if let Value::Union(i, inner) = v {
+                *v = Value::Union(*i + 1, inner.clone());
+            }
+        }
+    }
+    fields.push((
+        "tenant".into(),
+        Value::Union(1, Box::new(Value::String("acme".into()))),
+    ));
+    let topic = unique_name("codec-typed");
+    let bytes = codec
+        .encode_value(&topic, &writer_text, Value::Record(fields))
+        .await
+        .unwrap();
+
+    let back: Envelope<UserEvent> = codec.decode(&bytes).await.unwrap();
+    assert_eq!(back, original);
+    // And again through the cached plan.
+    let again: Envelope<UserEvent> = codec.decode(&bytes).await.unwrap();
+    assert_eq!(again, original);
+    reg.shutdown().await;
+}
