@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod produce;
 mod registry;
 mod schemas;
+mod sink;
 mod topics;
 
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Command {
     Gateway(produce::GatewayArgs),
     /// Send a seeded e-commerce workload.
     Loadgen(produce::LoadgenArgs),
+    /// Run a sink connector keeping one store a view of the event topics.
+    Sink(sink::Args),
 }
 
 #[derive(Subcommand)]
@@ -65,6 +68,7 @@ async fn main() -> std::process::ExitCode {
         Command::Produce(args) => produce::produce(args).await,
         Command::Gateway(args) => produce::gateway(args).await,
         Command::Loadgen(args) => produce::loadgen(args).await,
+        Command::Sink(args) => sink::run(args).await,
     };
     match result {
         Ok(code) => code,

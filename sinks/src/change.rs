@@ -50,8 +50,18 @@ pub struct Change {
 }
 
 /// Folds the changes of each entity in `changes` into one, keeping the first-seen order of
-/// entities. `Append`s are never folded (each is its own entry).
+/// entities. `Append`s are never folded (each is its own entry). A change whose version is not
+/// newer than what came before it for the same entity is stale and dropped (see
+/// [`coalesce_counted`]).
 pub fn coalesce(changes: Vec<Change>) -> Vec<Change> {
+    coalesce_counted(changes).0
+}
+
+/// [`coalesce`], also returning how many changes it dropped as stale: a batch can hold an older
+/// event after a newer one (a replay, or a duplicate), and folding it in would let it overwrite
+/// the newer one before the store's version check ever sees it.
+pub fn coalesce_counted(changes: Vec<Change>) -> (Vec<Change>, u64) {
+    let mut stale = 0u64;
     let mut out: Vec<Change> = Vec::with_capacity(changes.len());
     let mut index: HashMap<(&'static str, String), usize> = HashMap::new();
     for c in changes {
@@ -66,6 +76,10 @@ pub fn coalesce(changes: Vec<Change>) -> Vec<Change> {
             }
             Some(&i) => {
                 let prev = &mut out[i];
+                if c.version <= prev.version {
+                    stale += 1;
+                    continue;
+                }
                 let op = std::mem::replace(&mut prev.op, Op::Delete);
                 prev.op = match (op, c.op) {
                     (Op::Upsert(mut base), Op::Patch(p)) => {
@@ -85,7 +99,7 @@ pub fn coalesce(changes: Vec<Change>) -> Vec<Change> {
             }
         }
     }
-    out
+    (out, stale)
 }
 
 /// What applying a batch did.
@@ -102,7 +116,10 @@ pub struct WriteOutcome {
 pub enum WriteError {
     /// The store is unreachable or timed out: retry the same batch later, unchanged.
     #[error("{store} unavailable: {message}")]
-    Unavailable { store: &'static str, message: String },
+    Unavailable {
+        store: &'static str,
+        message: String,
+    },
     /// The store refused this entity as invalid: retrying cannot help; dead-letter it.
     #[error("{store} rejected {view}/{key}: {message}")]
     Rejected {
@@ -128,6 +145,11 @@ pub trait ViewWriter: Send + Sync {
     fn store(&self) -> &'static str;
     /// Applies a coalesced batch.
     async fn write(&self, batch: &[Change]) -> Result<WriteOutcome, WriteError>;
+    /// Connections of the store's pool as `(idle, in_use)`, when the writer keeps a pool; the
+    /// runner exports it as a metric after each batch.
+    fn pool_usage(&self) -> Option<(i64, i64)> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +174,11 @@ mod tests {
     #[test]
     fn folds_per_entity_and_keeps_entity_order() {
         let out = coalesce(vec![
-            change("a", 1, Op::Upsert(fields(json!({"status": "PLACED", "total": 5})))),
+            change(
+                "a",
+                1,
+                Op::Upsert(fields(json!({"status": "PLACED", "total": 5}))),
+            ),
             change("b", 1, Op::Patch(fields(json!({"status": "PLACED"})))),
             change("a", 2, Op::Patch(fields(json!({"status": "CONFIRMED"})))),
             change("b", 2, Op::Delete),
@@ -163,7 +189,11 @@ mod tests {
             vec![
                 Change {
                     event_time_ms: 20,
-                    ..change("a", 2, Op::Upsert(fields(json!({"status": "CONFIRMED", "total": 5}))))
+                    ..change(
+                        "a",
+                        2,
+                        Op::Upsert(fields(json!({"status": "CONFIRMED", "total": 5})))
+                    )
                 },
                 Change {
                     event_time_ms: 20,
@@ -171,6 +201,20 @@ mod tests {
                 },
                 change("a", 3, Op::Append(fields(json!({"type": "X"})))),
             ]
+        );
+    }
+
+    #[test]
+    fn drops_older_versions_of_an_entity() {
+        let (out, stale) = coalesce_counted(vec![
+            change("a", 3, Op::Upsert(fields(json!({"name": "new"})))),
+            change("a", 2, Op::Patch(fields(json!({"name": "old"})))),
+            change("a", 3, Op::Patch(fields(json!({"name": "dup"})))),
+        ]);
+        assert_eq!(stale, 2);
+        assert_eq!(
+            out,
+            vec![change("a", 3, Op::Upsert(fields(json!({"name": "new"}))))]
         );
     }
 

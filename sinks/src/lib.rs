@@ -9,3 +9,10 @@
 //! - [`change::ViewWriter`]: the one trait a store implements: apply a batch durably.
 
 pub mod change;
+pub mod dlq;
+pub mod elasticsearch;
+pub mod metrics;
+pub mod mongodb;
+pub mod postgres;
+pub mod redis;
+pub mod runner;

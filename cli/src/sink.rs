@@ -1,0 +1,153 @@
+//! `tributary sink --store X`: one sink connector, a consumer-group member on the event topics.
+//! Run several with the same store to share the partitions.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, ValueEnum};
+use tributary_runtime::config::{
+    DATABASE_URL, ELASTICSEARCH_URL, KAFKA_BROKERS, MONGODB_URL, REDIS_URL, SCHEMA_REGISTRY_URL,
+};
+use tributary_schemas::Codec;
+use tributary_sinks::change::ViewWriter;
+use tributary_sinks::metrics::Metrics;
+use tributary_sinks::runner::{Projection, Sink, SinkConfig};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Store {
+    Postgres,
+    Mongodb,
+    Redis,
+    Elasticsearch,
+}
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// The store this sink keeps.
+    #[arg(long, value_enum)]
+    store: Store,
+    #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
+    brokers: String,
+    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
+    registry: String,
+    /// Address of the store; defaults to its TRIBUTARY_* variable.
+    #[arg(long)]
+    url: Option<String>,
+    /// Consumer group; defaults to `tributary-sink-<store>`.
+    #[arg(long)]
+    group: Option<String>,
+    /// Records per batch at most.
+    #[arg(long, default_value_t = 500)]
+    batch_max_records: usize,
+    /// Milliseconds a batch waits for more records after its first.
+    #[arg(long, default_value_t = 100)]
+    batch_linger_ms: u64,
+    /// Where to serve /metrics and /health.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
+    /// MongoDB database of the views.
+    #[arg(long, default_value = "tributary")]
+    mongodb_database: String,
+    /// Prefix of the Elasticsearch indices and aliases.
+    #[arg(long, default_value = "tributary-")]
+    index_prefix: String,
+}
+
+fn name(store: Store) -> &'static str {
+    match store {
+        Store::Postgres => "postgres",
+        Store::Mongodb => "mongodb",
+        Store::Redis => "redis",
+        Store::Elasticsearch => "elasticsearch",
+    }
+}
+
+async fn connect(args: &Args) -> anyhow::Result<(Arc<dyn Projection>, Arc<dyn ViewWriter>)> {
+    use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
+    let url = |default: &tributary_runtime::config::Setting| {
+        args.url.clone().unwrap_or_else(|| default.get())
+    };
+    Ok(match args.store {
+        Store::Postgres => {
+            let config = pg::PostgresConfig {
+                url: url(&DATABASE_URL),
+                ..pg::PostgresConfig::default()
+            };
+            let writer = pg::PostgresWriter::connect(&config)
+                .await
+                .with_context(|| {
+                    format!("connecting to and migrating PostgreSQL at {}", config.url)
+                })?;
+            (Arc::new(pg::PostgresProjection), Arc::new(writer))
+        }
+        Store::Mongodb => {
+            let u = url(&MONGODB_URL);
+            let writer = mongo::MongoWriter::connect(&u, &args.mongodb_database)
+                .await
+                .with_context(|| format!("connecting to MongoDB at {u}"))?;
+            mongo::migrate(writer.database())
+                .await
+                .with_context(|| format!("migrating MongoDB database {}", args.mongodb_database))?;
+            (
+                Arc::new(mongo::projection::MongoProjection),
+                Arc::new(writer),
+            )
+        }
+        Store::Redis => {
+            let config = rd::RedisConfig {
+                url: url(&REDIS_URL),
+                ..rd::RedisConfig::default()
+            };
+            let u = config.url.clone();
+            let writer = rd::RedisWriter::connect(config)
+                .await
+                .with_context(|| format!("connecting to Redis at {u}"))?;
+            (Arc::new(rd::RedisProjection::default()), Arc::new(writer))
+        }
+        Store::Elasticsearch => {
+            let u = url(&ELASTICSEARCH_URL);
+            let writer = es::EsWriter::connect(&u, args.index_prefix.clone())
+                .with_context(|| format!("connecting to Elasticsearch at {u}"))?;
+            es::migrate(writer.client(), &args.index_prefix)
+                .await
+                .with_context(|| format!("creating the indices at {u}"))?;
+            (Arc::new(es::projection::EsProjection), Arc::new(writer))
+        }
+    })
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let store = name(args.store);
+    let (projection, writer) = connect(&args).await?;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).context("registering the sink's metrics")?;
+    let mut config = SinkConfig::new(store);
+    config.brokers = args.brokers.clone();
+    if let Some(group) = &args.group {
+        config.group_id = group.clone();
+    }
+    config.batch_max_records = args.batch_max_records.max(1);
+    config.batch_linger = Duration::from_millis(args.batch_linger_ms);
+    let codec = Arc::new(Codec::new(&args.registry));
+    let sink = Sink::new(config, codec, projection, writer, &metrics);
+
+    let stop = shared_shutdown();
+    let (addr, _server) =
+        tributary_runtime::metrics::serve(args.metrics_listen, registry, stop.clone())
+            .await
+            .with_context(|| format!("serving metrics on {}", args.metrics_listen))?;
+    tracing::info!(store, metrics = %addr, "sink running");
+    sink.run(stop)
+        .await
+        .with_context(|| format!("running the {store} sink"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One shutdown signal, awaitable by several parts (metrics server and sink).
+fn shared_shutdown() -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
+    crate::shutdown_signal().boxed().shared()
+}

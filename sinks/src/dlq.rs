@@ -1,0 +1,133 @@
+//! The dead-letter topic: where a record goes when no retry can make it apply.
+//!
+//! A dead letter keeps the original key and value untouched (so it can be replayed once the
+//! cause is fixed) and says where it came from and why in headers. The runner awaits each
+//! delivery before it stores the source offset, so a record is never both skipped and absent
+//! from the DLQ.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub const HEADER_SOURCE_TOPIC: &str = "dlq.source.topic";
+pub const HEADER_SOURCE_PARTITION: &str = "dlq.source.partition";
+pub const HEADER_SOURCE_OFFSET: &str = "dlq.source.offset";
+pub const HEADER_ERROR_CLASS: &str = "dlq.error.class";
+pub const HEADER_ERROR_MESSAGE: &str = "dlq.error.message";
+
+/// The DLQ topic of a source topic.
+pub fn dlq_topic(source: &str) -> String {
+    format!("{source}.dlq")
+}
+
+/// Why a record was dead-lettered; the value of the `dlq.error.class` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The value could not be decoded (bad framing, unknown schema, corrupt datum...).
+    Decode,
+    /// The value decoded, but the projection found the event invalid.
+    Projection,
+    /// The store refused the record's changes as invalid (constraint or data error).
+    Rejected,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Decode => "decode",
+            ErrorClass::Projection => "projection",
+            ErrorClass::Rejected => "rejected",
+        }
+    }
+}
+
+/// A record on its way to the DLQ.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+/// Why a dead letter could not be delivered; always worth a retry (the record stays unacked).
+#[derive(Debug, thiserror::Error)]
+#[error("delivering the dead letter of {topic}/{partition}@{offset} failed: {source}")]
+pub struct DlqError {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    #[source]
+    source: rdkafka::error::KafkaError,
+}
+
+impl DlqError {
+    pub fn retriable(&self) -> bool {
+        true
+    }
+}
+
+/// Produces dead letters.
+pub struct DeadLetterQueue {
+    producer: FutureProducer,
+}
+
+impl DeadLetterQueue {
+    pub fn new(brokers: &str) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = tributary_runtime::kafka::client_config(brokers)
+            // A dead letter must not be lost or duplicated out of order by producer retries.
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self { producer })
+    }
+
+    /// Sends one dead letter and waits until the broker has it.
+    pub async fn send(&self, letter: &DeadLetter) -> Result<(), DlqError> {
+        let topic = dlq_topic(&letter.topic);
+        let partition = letter.partition.to_string();
+        let offset = letter.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: HEADER_SOURCE_TOPIC,
+                value: Some(letter.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_PARTITION,
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_OFFSET,
+                value: Some(offset.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_ERROR_CLASS,
+                value: Some(letter.class.as_str().as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_ERROR_MESSAGE,
+                value: Some(letter.message.as_bytes()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
+        if let Some(k) = &letter.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &letter.value {
+            record = record.payload(v.as_slice());
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(source, _)| DlqError {
+                topic: letter.topic.clone(),
+                partition: letter.partition,
+                offset: letter.offset,
+                source,
+            })
+    }
+}

@@ -1,0 +1,26 @@
+//! # Layout
+//!
+//! Elasticsearch keeps the search views (ADR-007):
+//!
+//! - [`projection`]: `events.inventory`, `events.orders` and `events.analytics` records →
+//!   [`Change`]s of the `products`, `orders` and `analytics` indices.
+//! - [`writer`]: [`EsWriter`], the [`ViewWriter`] that applies a batch as one `_bulk` of
+//!   externally versioned index/delete actions, so the server itself refuses a change older than
+//!   the stored document (`version_type=external`, version = the event's sequence).
+//! - [`indices`]: the versioned index definitions (explicit, strict mappings), their index
+//!   templates, and the alias every write goes through (`<prefix>products` →
+//!   `<prefix>products_v1`), so a rebuild can fill `_v2` and swap the alias without read
+//!   downtime.
+//!
+//! [`Change`]: crate::change::Change
+//! [`ViewWriter`]: crate::change::ViewWriter
+
+pub mod indices;
+pub mod projection;
+pub mod writer;
+
+pub use indices::{migrate, IndexError, IndexReport};
+pub use writer::EsWriter;
+
+/// The store name used in metrics and errors.
+pub const STORE: &str = "elasticsearch";

@@ -1,0 +1,262 @@
+//! The runner against the real broker and registry with an in-memory store whose failures the
+//! test controls: retries without loss, dead-lettering the one rejected record, bounded shutdown.
+
+mod runner_common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use runner_common::*;
+use tributary_schemas::types::TopicPayload;
+use tributary_sinks::change::{Change, Op, ViewWriter, WriteError, WriteOutcome};
+use tributary_sinks::dlq::{dlq_topic, HEADER_ERROR_CLASS};
+use tributary_sinks::runner::{Event, EventStream, ProjectError, Projection, Tombstone};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Each order event sets the order's status to the event's type.
+struct Statuses;
+
+impl Projection for Statuses {
+    fn streams(&self) -> &[EventStream] {
+        &[EventStream::Orders]
+    }
+
+    fn project(&self, event: &Event) -> Result<Vec<Change>, ProjectError> {
+        let Event::Order(e) = event else {
+            return Ok(Vec::new());
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("status".into(), e.payload.branch_name().into());
+        Ok(vec![Change {
+            view: "orders",
+            key: e.aggregate_id.clone(),
+            version: e.sequence,
+            event_time_ms: e.timestamp,
+            op: Op::Upsert(fields),
+        }])
+    }
+
+    fn tombstone(&self, _: &Tombstone) -> Vec<Change> {
+        Vec::new()
+    }
+}
+
+/// An in-memory store: versioned like the real ones; can be down, and rejects key `bad`.
+#[derive(Default)]
+struct Memory {
+    rows: Mutex<BTreeMap<String, (i64, String)>>,
+    down: AtomicBool,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ViewWriter for Memory {
+    fn store(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn write(&self, batch: &[Change]) -> Result<WriteOutcome, WriteError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(WriteError::Unavailable {
+                store: "memory",
+                message: "down for the test".into(),
+            });
+        }
+        if let Some(c) = batch.iter().find(|c| c.key == "bad") {
+            return Err(WriteError::Rejected {
+                store: "memory",
+                view: c.view,
+                key: c.key.clone(),
+                message: "bad is not allowed".into(),
+            });
+        }
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outcome = WriteOutcome::default();
+        for c in batch {
+            let status = match &c.op {
+                Op::Upsert(f) => f
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                _ => continue,
+            };
+            match rows.get(&c.key) {
+                Some((v, _)) if *v >= c.version => outcome.stale += 1,
+                _ => {
+                    rows.insert(c.key.clone(), (c.version, status));
+                    outcome.applied += 1;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl Memory {
+    fn rows(&self) -> BTreeMap<String, (i64, String)> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+async fn orders_log(n: usize) -> Vec<Rec> {
+    let codec = codec();
+    let mut log = Vec::new();
+    for i in 0..n {
+        let o = format!("o{i}");
+        log.push(
+            encode(
+                &codec,
+                EventStream::Orders,
+                &o,
+                &order_placed(&o, "u1", 1, 100),
+            )
+            .await,
+        );
+        log.push(
+            encode(
+                &codec,
+                EventStream::Orders,
+                &o,
+                &order_confirmed(&o, "u1", 2, 100),
+            )
+            .await,
+        );
+    }
+    log
+}
+
+fn expected(n: usize) -> BTreeMap<String, (i64, String)> {
+    (0..n)
+        .map(|i| (format!("o{i}"), (2, "OrderConfirmed".to_string())))
+        .collect()
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_without_loss_or_dead_letters() {
+    let sources = topics("runner-retry", &[EventStream::Orders], 2).await;
+    let store = Arc::new(Memory::default());
+    store.down.store(true, Ordering::SeqCst);
+    let config = sink_config("runner-retry", &sources);
+    let group = config.group_id.clone();
+    let sink = Running::start(config, Arc::new(Statuses), store.clone());
+    produce(&sources, &orders_log(30).await).await;
+    eventually("retries while the store is down", WAIT, || async {
+        (sink.metrics.retries() >= 3).then_some(())
+    })
+    .await;
+    assert!(store.rows().is_empty());
+    store.down.store(false, Ordering::SeqCst);
+    wait_caught_up(&group, &sources, WAIT).await;
+    assert_eq!(store.rows(), expected(30));
+    assert_eq!(sink.metrics.dlq(), 0);
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejected_record_is_dead_lettered_and_the_rest_of_its_batch_applied() {
+    let sources = topics("runner-reject", &[EventStream::Orders], 1).await;
+    let store = Arc::new(Memory::default());
+    let mut config = sink_config("runner-reject", &sources);
+    // One batch for all records, so the rejection has neighbours.
+    config.batch_linger = Duration::from_millis(500);
+    let group = config.group_id.clone();
+    let codec = codec();
+    let mut log = orders_log(2).await;
+    log.insert(
+        1,
+        encode(
+            &codec,
+            EventStream::Orders,
+            "bad",
+            &order_placed("bad", "u1", 1, 100),
+        )
+        .await,
+    );
+    produce(&sources, &log).await;
+    let sink = Running::start(config, Arc::new(Statuses), store.clone());
+    wait_caught_up(&group, &sources, WAIT).await;
+    assert_eq!(store.rows(), expected(2));
+    assert_eq!(sink.metrics.dlq(), 1);
+    let letters = read_topic(&dlq_topic(&sources[0].topic), 1, WAIT);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].key.as_deref(), Some(&b"bad"[..]));
+    assert_eq!(
+        letters[0]
+            .headers
+            .get(HEADER_ERROR_CLASS)
+            .map(String::as_str),
+        Some("rejected")
+    );
+    assert_eq!(
+        letters[0]
+            .headers
+            .get("dlq.source.offset")
+            .map(String::as_str),
+        Some("1")
+    );
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_while_the_store_is_down_and_acknowledges_nothing() {
+    let sources = topics("runner-stop", &[EventStream::Orders], 1).await;
+    let store = Arc::new(Memory::default());
+    store.down.store(true, Ordering::SeqCst);
+    let config = sink_config("runner-stop", &sources);
+    let sink = Running::start(config.clone(), Arc::new(Statuses), store.clone());
+    produce(&sources, &orders_log(5).await).await;
+    eventually("retries while the store is down", WAIT, || async {
+        (store.calls.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    let asked = Instant::now();
+    sink.stop().await;
+    assert!(asked.elapsed() < Duration::from_secs(30));
+
+    // The same group again with the store back: every record is still there to apply.
+    store.down.store(false, Ordering::SeqCst);
+    let group = config.group_id.clone();
+    let again = Running::start(config, Arc::new(Statuses), store.clone());
+    wait_caught_up(&group, &sources, WAIT).await;
+    assert_eq!(store.rows(), expected(5));
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_schema_registry_is_waited_for_not_dead_lettered() {
+    let registry = tributary_runtime::config::SCHEMA_REGISTRY_URL.get();
+    let target = registry
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = Proxy::start(&target).await;
+    proxy.down();
+    // A fresh codec has no schema cached: decoding needs the registry.
+    let codec = Arc::new(tributary_schemas::Codec::new(&format!(
+        "http://{}",
+        proxy.addr
+    )));
+    let sources = topics("runner-registry", &[EventStream::Orders], 1).await;
+    let store = Arc::new(Memory::default());
+    let config = sink_config("runner-registry", &sources);
+    let group = config.group_id.clone();
+    produce(&sources, &orders_log(3).await).await;
+    let sink = Running::start_with_codec(config, codec, Arc::new(Statuses), store.clone());
+    eventually(
+        "decode retries while the registry is away",
+        WAIT,
+        || async { (sink.metrics.retries() >= 2).then_some(()) },
+    )
+    .await;
+    assert!(store.rows().is_empty());
+    proxy.up();
+    wait_caught_up(&group, &sources, WAIT).await;
+    assert_eq!(store.rows(), expected(3));
+    assert_eq!(sink.metrics.dlq(), 0);
+    sink.stop().await;
+}
