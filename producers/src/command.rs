@@ -193,6 +193,11 @@ impl Command {
         each!(self, e => aggregate_id(&e.payload, "user_id"))
     }
 
+    /// Sets the record's creation time (ms since the epoch).
+    pub fn set_timestamp(&mut self, timestamp_ms: i64) {
+        each!(self, e => e.timestamp = timestamp_ms)
+    }
+
     /// The record name of the command, e.g. `PlaceOrder`.
     pub fn name(&self) -> &'static str {
         each!(self, e => e.payload.branch_name())

@@ -119,13 +119,15 @@ impl Workload {
         out
     }
 
-    /// An envelope whose id comes from the seeded generator, so reruns send the same ids.
+    /// An envelope whose id comes from the seeded generator, so reruns send the same ids. Its
+    /// timestamp is set when it is sent.
     fn envelope<P>(&self, rng: &mut StdRng, aggregate: &str, payload: impl Into<P>) -> Envelope<P> {
         let id = uuid::Builder::from_random_bytes(rng.random())
             .into_uuid()
             .to_string();
         let mut env = Envelope::new(aggregate, id.clone(), payload);
         env.id = id;
+        env.timestamp = 0;
         env
     }
 }
@@ -164,7 +166,7 @@ pub async fn run(
     let first_order = commands
         .iter()
         .position(|c| matches!(c, Command::Orders(_)));
-    for (i, command) in commands.into_iter().enumerate() {
+    for (i, mut command) in commands.into_iter().enumerate() {
         if Some(i) == first_order {
             while let Some(r) = pending.next().await {
                 r?;
@@ -180,6 +182,7 @@ pub async fn run(
             }
         }
         *report.by_command.entry(command.name()).or_insert(0) += 1;
+        command.set_timestamp(now_ms());
         let sender = sender.clone();
         let bar = bar.clone();
         pending.push(async move {
@@ -195,6 +198,13 @@ pub async fn run(
     report.sent = report.by_command.values().sum();
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
