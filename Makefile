@@ -33,6 +33,8 @@ fmt:
 ## Benchmarks (results and the commands that made them: BENCHMARKS.md).
 bench: up
 	$(ENV) cargo bench -p tributary-schemas --bench codec
+	$(ENV) cargo test -p tributary-sinks --test postgres_bench --test mongodb_bench \
+		--test elasticsearch_bench --test redis_bench -- --ignored --nocapture --test-threads 1
 
 lint:
 	cargo fmt --all -- --check

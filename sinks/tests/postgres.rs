@@ -464,6 +464,9 @@ async fn store_outage_loses_nothing_and_dead_letters_nothing() {
     .await;
     wait_caught_up(&group, &sources, WAIT).await;
 
+    // The store is away for ~20 s: long enough for the backoff to reach its cap.
+    const OUTAGE: Duration = Duration::from_secs(20);
+    let down_at = std::time::Instant::now();
     proxy.down();
     let mut during = Vec::new();
     for i in 1..=20 {
@@ -476,6 +479,7 @@ async fn store_outage_loses_nothing_and_dead_letters_nothing() {
         (sink.metrics.retries() >= 3).then_some(())
     })
     .await;
+    tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
     proxy.up();
     wait_caught_up(&group, &sources, WAIT).await;
 
