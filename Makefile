@@ -5,10 +5,9 @@ ENV := source stack/env.sh &&
 
 .PHONY: demo test up down status build fmt lint bench
 
-## The main job: bring the stack up and register the topic schemas.
+## The main job: the stack, the pipeline's processes, a seeded workload, and a summary.
 demo: up
-	$(ENV) "$$CARGO_TARGET_DIR/debug/tributary" schemas register
-	@$(ENV) echo "schema registry: $$TRIBUTARY_SCHEMA_REGISTRY_URL/subjects"
+	$(ENV) bash stack/demo.sh
 
 ## Every test, against real servers (starts what it needs).
 test: up

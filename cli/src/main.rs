@@ -6,6 +6,7 @@ mod produce;
 mod registry;
 mod schemas;
 mod sink;
+mod summary;
 mod topics;
 
 #[derive(Parser)]
@@ -41,6 +42,8 @@ enum Command {
     Loadgen(produce::LoadgenArgs),
     /// Run a sink connector keeping one store a view of the event topics.
     Sink(sink::Args),
+    /// Records per topic, sink lag, and the size of every view in every store.
+    Summary(summary::Args),
 }
 
 #[derive(Subcommand)]
@@ -69,6 +72,7 @@ async fn main() -> std::process::ExitCode {
         Command::Gateway(args) => produce::gateway(args).await,
         Command::Loadgen(args) => produce::loadgen(args).await,
         Command::Sink(args) => sink::run(args).await,
+        Command::Summary(args) => summary::run(args).await,
     };
     match result {
         Ok(code) => code,
