@@ -40,8 +40,11 @@ pub struct Args {
     key_prefix: String,
 }
 
+/// Low and high watermark per partition.
+type Watermarks = BTreeMap<i32, (i64, i64)>;
+
 /// Records held per partition of `topic` (high − low watermark), empty when it does not exist.
-fn held(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+fn held(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Watermarks> {
     let md = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
         .with_context(|| format!("metadata of {topic}"))?;
@@ -61,7 +64,7 @@ fn held(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, (i
 }
 
 /// Records of the event topics not yet committed by `group`.
-fn lag(brokers: &str, group: &str, events: &[(&str, BTreeMap<i32, (i64, i64)>)]) -> anyhow::Result<i64> {
+fn lag(brokers: &str, group: &str, events: &[(&str, Watermarks)]) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = client_config(brokers).set("group.id", group).create()?;
     let mut tpl = TopicPartitionList::new();
     for (topic, parts) in events {
@@ -104,10 +107,12 @@ async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
             match tables {
                 Ok(tables) => {
                     for t in tables {
-                        let n: Result<i64, _> =
-                            sqlx::query_scalar(&format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")))
-                                .fetch_one(&pool)
-                                .await;
+                        let n: Result<i64, _> = sqlx::query_scalar(&format!(
+                            "SELECT count(*) FROM \"{}\"",
+                            t.replace('"', "\"\"")
+                        ))
+                        .fetch_one(&pool)
+                        .await;
                         out.push(("postgres".into(), t, n.map_err(|e| e.to_string())));
                     }
                 }
@@ -117,7 +122,9 @@ async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
         Err(e) => out.push(("postgres".into(), DATABASE_URL.get(), Err(e.to_string()))),
     }
     // MongoDB: every collection.
-    match tributary_sinks::mongodb::MongoWriter::connect(&MONGODB_URL.get(), &args.mongodb_database).await {
+    match tributary_sinks::mongodb::MongoWriter::connect(&MONGODB_URL.get(), &args.mongodb_database)
+        .await
+    {
         Ok(w) => match w.database().list_collection_names().await {
             Ok(mut names) => {
                 names.sort();
@@ -146,7 +153,10 @@ async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
         Err(e) => out.push(("redis".into(), REDIS_URL.get(), Err(e))),
     }
     // Elasticsearch: documents behind each alias.
-    match tributary_sinks::elasticsearch::EsWriter::connect(&ELASTICSEARCH_URL.get(), args.index_prefix.clone()) {
+    match tributary_sinks::elasticsearch::EsWriter::connect(
+        &ELASTICSEARCH_URL.get(),
+        args.index_prefix.clone(),
+    ) {
         Ok(w) => {
             for spec in tributary_sinks::elasticsearch::indices::INDICES {
                 let alias = w.alias(spec.view);
@@ -154,14 +164,21 @@ async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
                 out.push(("elasticsearch".into(), alias, n));
             }
         }
-        Err(e) => out.push(("elasticsearch".into(), ELASTICSEARCH_URL.get(), Err(e.to_string()))),
+        Err(e) => out.push((
+            "elasticsearch".into(),
+            ELASTICSEARCH_URL.get(),
+            Err(e.to_string()),
+        )),
     }
     out
 }
 
 async fn redis_counts(prefix: &str) -> Result<BTreeMap<String, i64>, String> {
     let client = redis::Client::open(REDIS_URL.get()).map_err(|e| e.to_string())?;
-    let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
     let mut counts = BTreeMap::new();
     let mut cursor: u64 = 0;
     loop {
@@ -175,7 +192,11 @@ async fn redis_counts(prefix: &str) -> Result<BTreeMap<String, i64>, String> {
             .await
             .map_err(|e| e.to_string())?;
         for k in keys {
-            let view = k[prefix.len()..].split(':').next().unwrap_or("").to_string();
+            let view = k[prefix.len()..]
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
             *counts.entry(view).or_insert(0) += 1;
         }
         if next == 0 {
@@ -214,7 +235,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             for (topic, _) in ALL_TOPICS {
                 topics.push((*topic, held(&consumer, topic)?));
             }
-            let events: Vec<_> = topics.iter().filter(|(t, _)| t.starts_with("events.")).cloned().collect();
+            let events: Vec<_> = topics
+                .iter()
+                .filter(|(t, _)| t.starts_with("events."))
+                .cloned()
+                .collect();
             let mut lags = Vec::new();
             for sink in SINKS {
                 lags.push((sink, lag(&b, &format!("tributary-sink-{sink}"), &events)?));
@@ -236,7 +261,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for (topic, parts) in &topics {
         let n: i64 = parts.values().map(|(lo, hi)| hi - lo).sum();
         let dlq_topic = format!("{topic}.dlq");
-        let dlq: i64 = held(&consumer, &dlq_topic)?.values().map(|(lo, hi)| hi - lo).sum();
+        let dlq: i64 = held(&consumer, &dlq_topic)?
+            .values()
+            .map(|(lo, hi)| hi - lo)
+            .sum();
         println!("  {topic:<24} {n:>9}   dlq {dlq}");
     }
     println!("sink groups (records behind)");
@@ -259,5 +287,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("the sinks are still {behind} records behind");
         return Ok(ExitCode::from(1));
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -63,9 +63,10 @@ pub(crate) fn resolve<'w, 'r>(
             let mut written: HashMap<String, Value> = fields.into_iter().collect();
             let mut out = Vec::with_capacity(rr.fields.len());
             for rf in &rr.fields {
-                let wf = wr.fields.iter().find(|wf| {
-                    wf.name == rf.name || rf.aliases.iter().any(|alias| *alias == wf.name)
-                });
+                let wf = wr
+                    .fields
+                    .iter()
+                    .find(|wf| wf.name == rf.name || rf.aliases.contains(&wf.name));
                 let v = match wf.and_then(|wf| written.remove(&wf.name).map(|v| (wf, v))) {
                     Some((wf, v)) => resolve(v, &wf.schema, &rf.schema, wn, rn)
                         .map_err(|e| format!("field `{}`: {e}", rf.name))?,
