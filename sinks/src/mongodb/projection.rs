@@ -16,6 +16,7 @@
 //! hold on a product is its own versioned entity, which is exactly replay-proof; the product
 //! document's levels are the owner's last absolute levels (add, restock).
 
+pub(crate) use crate::runner::projection::build::fields;
 use serde_json::{json, Value};
 use tributary_schemas::types::{
     InventoryEvent, InventoryEventEnvelope, NotificationEvent, NotificationEventEnvelope, StockItem,
@@ -185,12 +186,4 @@ pub(crate) fn with_time(mut changes: Vec<Change>, timestamp_ms: i64) -> Vec<Chan
         c.event_time_ms = timestamp_ms;
     }
     changes
-}
-
-/// The object of a `json!` literal (always an object here; an empty map otherwise).
-pub(crate) fn fields(value: Value) -> Fields {
-    match value {
-        Value::Object(map) => map,
-        _ => Fields::new(),
-    }
 }

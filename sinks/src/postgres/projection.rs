@@ -14,13 +14,14 @@
 //!
 //! Every change carries the envelope's `sequence` as its version.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tributary_schemas::types::{
     AnalyticsEvent, Envelope, OrderEvent, PaymentEvent, TopicPayload, UserEvent,
 };
 
-use crate::change::{Change, Fields, Op};
-use crate::runner::{Event, EventStream, ProjectError, Projection, Tombstone, TOMBSTONE_VERSION};
+use crate::change::{Change, Op};
+use crate::runner::projection::build::{self, change, fields, require_id};
+use crate::runner::{Event, EventStream, ProjectError, Projection, Tombstone};
 
 /// The PostgreSQL projection.
 #[derive(Debug, Clone, Default)]
@@ -57,47 +58,8 @@ impl Projection for PostgresProjection {
             EventStream::Payments => "payments",
             _ => return Vec::new(),
         };
-        vec![Change {
-            view,
-            key: t.key.clone(),
-            version: TOMBSTONE_VERSION,
-            event_time_ms: t.timestamp_ms,
-            op: Op::Delete,
-        }]
+        vec![build::tombstone(t, view)]
     }
-}
-
-fn fields(v: Value) -> Fields {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
-fn change<P>(e: &Envelope<P>, view: &'static str, key: &str, op: Op) -> Change {
-    Change {
-        view,
-        key: key.to_string(),
-        version: e.sequence,
-        event_time_ms: e.timestamp,
-        op,
-    }
-}
-
-/// Refuses events whose entity id is empty: they would all land on one row.
-fn require_id<P: TopicPayload>(
-    e: &Envelope<P>,
-    id: &str,
-    what: &'static str,
-) -> Result<(), ProjectError> {
-    if id.trim().is_empty() {
-        return Err(ProjectError::Invalid {
-            event_type: e.payload.branch_name(),
-            aggregate_id: e.aggregate_id.clone(),
-            reason: format!("{what} is empty"),
-        });
-    }
-    Ok(())
 }
 
 fn users(e: &Envelope<UserEvent>) -> Result<Vec<Change>, ProjectError> {
@@ -374,6 +336,7 @@ pub fn iso8601(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::TOMBSTONE_VERSION;
     use tributary_schemas::types::{OrderLine, OrderPlaced};
 
     #[test]

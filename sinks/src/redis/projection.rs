@@ -16,11 +16,12 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
-use tributary_schemas::types::{Envelope, InventoryEvent, OrderEvent, TopicPayload, UserEvent};
+use serde_json::json;
+use tributary_schemas::types::{Envelope, InventoryEvent, OrderEvent, UserEvent};
 
-use crate::change::{Change, Fields, Op};
-use crate::runner::{Event, EventStream, ProjectError, Projection, Tombstone, TOMBSTONE_VERSION};
+use crate::change::{Change, Op};
+use crate::runner::projection::build::{self, change, fields, require_id};
+use crate::runner::{Event, EventStream, ProjectError, Projection, Tombstone};
 
 /// Reserved field: absolute expiry of the key in ms since the epoch; the writer turns it into
 /// `PEXPIREAT` instead of storing it.
@@ -77,46 +78,8 @@ impl Projection for RedisProjection {
             EventStream::Inventory => VIEW_PRODUCT,
             _ => return Vec::new(),
         };
-        vec![Change {
-            view,
-            key: t.key.clone(),
-            version: TOMBSTONE_VERSION,
-            event_time_ms: t.timestamp_ms,
-            op: Op::Delete,
-        }]
+        vec![build::tombstone(t, view)]
     }
-}
-
-fn fields(v: Value) -> Fields {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
-fn change<P>(e: &Envelope<P>, view: &'static str, key: &str, op: Op) -> Change {
-    Change {
-        view,
-        key: key.to_string(),
-        version: e.sequence,
-        event_time_ms: e.timestamp,
-        op,
-    }
-}
-
-fn require_id<P: TopicPayload>(
-    e: &Envelope<P>,
-    id: &str,
-    what: &'static str,
-) -> Result<(), ProjectError> {
-    if id.trim().is_empty() {
-        return Err(ProjectError::Invalid {
-            event_type: e.payload.branch_name(),
-            aggregate_id: e.aggregate_id.clone(),
-            reason: format!("{what} is empty"),
-        });
-    }
-    Ok(())
 }
 
 fn millis(d: Duration) -> i64 {
@@ -289,7 +252,7 @@ mod tests {
             panic!("an upsert, not {:?}", c.op);
         };
         assert_eq!(f.get(EXPIRE_AT_FIELD), Some(&json!(1_060_000)));
-        assert_eq!(f.get("user_agent"), Some(&Value::Null));
+        assert_eq!(f.get("user_agent"), Some(&serde_json::Value::Null));
     }
 
     #[test]

@@ -37,3 +37,61 @@ impl ProjectError {
         false
     }
 }
+
+/// Helpers every store's projection shares.
+pub mod build {
+    use serde_json::Value;
+    use tributary_schemas::types::{Envelope, TopicPayload};
+
+    use super::ProjectError;
+    use crate::change::{Change, Fields, Op};
+    use crate::runner::event::{Tombstone, TOMBSTONE_VERSION};
+
+    /// The object of a `json!` literal (always an object in projections; empty otherwise).
+    pub fn fields(value: Value) -> Fields {
+        match value {
+            Value::Object(map) => map,
+            _ => Fields::new(),
+        }
+    }
+
+    /// A change of entity `key` of `view` made by event `e`: its version is the event's
+    /// per-aggregate sequence, its time the event's.
+    pub fn change<P>(e: &Envelope<P>, view: &'static str, key: &str, op: Op) -> Change {
+        Change {
+            view,
+            key: key.to_string(),
+            version: e.sequence,
+            event_time_ms: e.timestamp,
+            op,
+        }
+    }
+
+    /// The delete a tombstone makes of entity `t.key` of `view`. Its version outranks every
+    /// event's, so no replayed event brings the entity back.
+    pub fn tombstone(t: &Tombstone, view: &'static str) -> Change {
+        Change {
+            view,
+            key: t.key.clone(),
+            version: TOMBSTONE_VERSION,
+            event_time_ms: t.timestamp_ms,
+            op: Op::Delete,
+        }
+    }
+
+    /// Refuses events whose entity id is empty: they would all land on one entity.
+    pub fn require_id<P: TopicPayload>(
+        e: &Envelope<P>,
+        id: &str,
+        what: &'static str,
+    ) -> Result<(), ProjectError> {
+        if id.trim().is_empty() {
+            return Err(ProjectError::Invalid {
+                event_type: e.payload.branch_name(),
+                aggregate_id: e.aggregate_id.clone(),
+                reason: format!("{what} is empty"),
+            });
+        }
+        Ok(())
+    }
+}
