@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The end-to-end demo on the local stack (`make demo`, which brings the stack up first):
-# topics and schemas, the pipeline's long-running processes in the background, a seeded
-# workload through the load generator, then a summary once every sink has caught up.
+# topics and schemas, the pipeline's long-running processes (domain processors and the four
+# sinks) in the background, a seeded workload through the load generator, then a summary once
+# every processor and sink has caught up, with the saga's invariants checked over the log.
+# Exits non-zero when an invariant is broken or the views did not catch up.
 # DEMO_ORDERS (default 20000) sizes the workload; DEMO_SEED picks it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +27,11 @@ trap stop_all EXIT
 "$bin" schemas register >/dev/null
 echo "demo: topics created, schemas registered"
 
+"$bin" process --app all --state-dir "$TRIBUTARY_RUN_DIR/state" \
+  --metrics-listen 127.0.0.1:9464 >"$logs/demo-processors.log" 2>&1 &
+pids+=($!)
+echo "demo: processors running (log in $logs/demo-processors.log, metrics on http://127.0.0.1:9464/metrics)"
+
 for store in postgres mongodb redis elasticsearch; do
   "$bin" sink --store "$store" >"$logs/demo-sink-$store.log" 2>&1 &
   pids+=($!)
@@ -32,5 +39,5 @@ done
 echo "demo: sinks running (logs in $logs/demo-sink-*.log)"
 
 "$bin" loadgen --seed "${DEMO_SEED:-42}" --orders "${DEMO_ORDERS:-20000}"
-"$bin" summary --wait 600
-echo "demo: each sink serves /metrics and /health on the address in its log"
+"$bin" summary --wait 900 --invariants
+echo "demo: the processors serve /metrics and /health on 127.0.0.1:9464; each sink on the address in its log"

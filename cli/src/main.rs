@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod process;
 mod produce;
 mod registry;
 mod schemas;
@@ -40,6 +41,8 @@ enum Command {
     Gateway(produce::GatewayArgs),
     /// Send a seeded e-commerce workload.
     Loadgen(produce::LoadgenArgs),
+    /// Run domain processors (users, inventory, payments, the order saga, notifications, analytics).
+    Process(process::Args),
     /// Run a sink connector keeping one store a view of the event topics.
     Sink(sink::Args),
     /// Records per topic, sink lag, and the size of every view in every store.
@@ -71,6 +74,7 @@ async fn main() -> std::process::ExitCode {
         Command::Produce(args) => produce::produce(args).await,
         Command::Gateway(args) => produce::gateway(args).await,
         Command::Loadgen(args) => produce::loadgen(args).await,
+        Command::Process(args) => process::run(args).await,
         Command::Sink(args) => sink::run(args).await,
         Command::Summary(args) => summary::run(args).await,
     };

@@ -2,8 +2,10 @@
 //!
 //! Records per topic (and per dead-letter topic), each sink group's lag, and the size of every
 //! view: rows per PostgreSQL table, documents per MongoDB collection, keys per Redis view and
-//! documents per Elasticsearch alias. `--wait` polls until every sink group has caught up with
-//! the event topics, which is how the demo knows the views are complete.
+//! documents per Elasticsearch alias. `--wait` polls until every processor and sink group has
+//! caught up with its input topics (twice in a row, so that what a processor wrote last is
+//! counted), which is how the demo knows the views are complete. `--invariants` then reads the
+//! event topics from the beginning and checks the saga's invariants; a broken one fails the run.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -13,11 +15,15 @@ use anyhow::Context;
 use clap::Args as ClapArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use tributary_processors::invariants::{self, Report};
+use tributary_processors::{DomainApp, DomainConfig};
 use tributary_runtime::config::{
     DATABASE_URL, ELASTICSEARCH_URL, KAFKA_BROKERS, MONGODB_URL, REDIS_URL,
 };
 use tributary_runtime::kafka::client_config;
-use tributary_schemas::types::ALL_TOPICS;
+use tributary_schemas::domain::{InventoryEvent, NotificationEvent, OrderEvent, PaymentEvent};
+use tributary_schemas::types::{Envelope, TopicPayload, ALL_TOPICS};
+use tributary_schemas::Codec;
 
 const SINKS: [&str; 4] = ["postgres", "mongodb", "redis", "elasticsearch"];
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,9 +32,14 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Args {
     #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
     brokers: String,
-    /// Wait up to this many seconds for every sink group to catch up first.
+    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = tributary_runtime::config::SCHEMA_REGISTRY_URL.default)]
+    registry: String,
+    /// Wait up to this many seconds for every processor and sink group to catch up first.
     #[arg(long)]
     wait: Option<u64>,
+    /// Read the event topics and check the order saga's invariants; exit 1 if one is broken.
+    #[arg(long)]
+    invariants: bool,
     /// MongoDB database of the views.
     #[arg(long, default_value = "tributary")]
     mongodb_database: String,
@@ -63,8 +74,8 @@ fn held(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Watermarks> {
     Ok(out)
 }
 
-/// Records of the event topics not yet committed by `group`.
-fn lag(brokers: &str, group: &str, events: &[(&str, Watermarks)]) -> anyhow::Result<i64> {
+/// Records of `inputs` not yet committed by `group`.
+fn lag(brokers: &str, group: &str, events: &[(String, Watermarks)]) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = client_config(brokers).set("group.id", group).create()?;
     let mut tpl = TopicPartitionList::new();
     for (topic, parts) in events {
@@ -224,32 +235,55 @@ async fn es_count(client: &elasticsearch::Elasticsearch, alias: &str) -> Result<
         .ok_or_else(|| format!("{status}: {body}"))
 }
 
+/// Every consumer group of the pipeline with the topics it consumes: the domain processors'
+/// applications, then the sinks (on every event topic).
+fn groups() -> Vec<(String, Vec<String>)> {
+    let cfg = DomainConfig::from_env();
+    let mut out: Vec<(String, Vec<String>)> = DomainApp::ALL
+        .iter()
+        .map(|app| (app.application_id(&cfg), app.inputs(&cfg.topics)))
+        .collect();
+    let events: Vec<String> = ALL_TOPICS
+        .iter()
+        .map(|(t, _)| t.to_string())
+        .filter(|t| t.starts_with("events."))
+        .collect();
+    for sink in SINKS {
+        out.push((format!("tributary-sink-{sink}"), events.clone()));
+    }
+    out
+}
+
+/// Records held per pipeline topic, and each group's lag.
+fn poll(brokers: &str) -> anyhow::Result<(Vec<(&'static str, Watermarks)>, Vec<(String, i64)>)> {
+    let consumer: BaseConsumer = client_config(brokers).create()?;
+    let mut topics = Vec::new();
+    for (topic, _) in ALL_TOPICS {
+        topics.push((*topic, held(&consumer, topic)?));
+    }
+    let mut lags = Vec::new();
+    for (group, inputs) in groups() {
+        let mut marks = Vec::new();
+        for t in inputs {
+            let m = held(&consumer, &t)?;
+            marks.push((t, m));
+        }
+        lags.push((group.clone(), lag(brokers, &group, &marks)?));
+    }
+    Ok((topics, lags))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let brokers = args.brokers.clone();
     let deadline = args.wait.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut quiet_polls = 0;
     let (topics, lags) = loop {
         let b = brokers.clone();
-        let (topics, lags) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let consumer: BaseConsumer = client_config(&b).create()?;
-            let mut topics = Vec::new();
-            for (topic, _) in ALL_TOPICS {
-                topics.push((*topic, held(&consumer, topic)?));
-            }
-            let events: Vec<_> = topics
-                .iter()
-                .filter(|(t, _)| t.starts_with("events."))
-                .cloned()
-                .collect();
-            let mut lags = Vec::new();
-            for sink in SINKS {
-                lags.push((sink, lag(&b, &format!("tributary-sink-{sink}"), &events)?));
-            }
-            Ok((topics, lags))
-        })
-        .await??;
+        let (topics, lags) = tokio::task::spawn_blocking(move || poll(&b)).await??;
         let behind: i64 = lags.iter().map(|(_, l)| *l).sum();
+        quiet_polls = if behind == 0 { quiet_polls + 1 } else { 0 };
         match deadline {
-            Some(d) if behind > 0 && Instant::now() < d => {
+            Some(d) if quiet_polls < 2 && Instant::now() < d => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             _ => break (topics, lags),
@@ -267,9 +301,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .sum();
         println!("  {topic:<24} {n:>9}   dlq {dlq}");
     }
-    println!("sink groups (records behind)");
-    for (sink, lag) in &lags {
-        println!("  tributary-sink-{sink:<14} {lag:>9}");
+    println!("consumer groups (records behind)");
+    for (group, lag) in &lags {
+        println!("  {group:<28} {lag:>9}");
     }
     println!("views");
     let mut failed = false;
@@ -282,9 +316,41 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if args.invariants {
+        let (report, timing) = check_invariants(&brokers, &args.registry).await?;
+        println!("orders");
+        println!("  placed                     {:>9}", report.placed);
+        println!("  confirmed                  {:>9}", report.confirmed);
+        for (reason, n) in &report.cancelled {
+            println!("  cancelled ({reason:<14}) {n:>9}");
+        }
+        let ended = timing.latencies_ms.len();
+        let rate = if timing.span_ms > 0 {
+            ended as f64 * 1000.0 / timing.span_ms as f64
+        } else {
+            0.0
+        };
+        println!(
+            "  placed → outcome latency   p50 {} ms, p95 {} ms, p99 {} ms; {ended} orders in {:.1} s ({rate:.0} orders/s)",
+            timing.percentile(0.50),
+            timing.percentile(0.95),
+            timing.percentile(0.99),
+            timing.span_ms as f64 / 1000.0,
+        );
+        println!("invariants");
+        if report.violations.is_empty() {
+            println!("  every order final, stock conserved, captured iff confirmed, refunded iff compensated, one notification per outcome: hold");
+        } else {
+            failed = true;
+            println!("  {} violations; the first:", report.violations.len());
+            for v in report.violations.iter().take(20) {
+                println!("    {v}");
+            }
+        }
+    }
     let behind: i64 = lags.iter().map(|(_, l)| *l).sum();
     if args.wait.is_some() && behind > 0 {
-        eprintln!("the sinks are still {behind} records behind");
+        eprintln!("the pipeline is still {behind} records behind");
         return Ok(ExitCode::from(1));
     }
     Ok(if failed {
@@ -292,4 +358,123 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Reads `topic` from its beginning to its current end and decodes every record; an undecodable
+/// record is an error naming its position.
+async fn read_all<P: TopicPayload>(
+    brokers: &str,
+    codec: &Codec,
+    topic: &str,
+) -> anyhow::Result<Vec<Envelope<P>>> {
+    let (b, t) = (brokers.to_string(), topic.to_string());
+    let raw = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, Vec<u8>)>> {
+        use rdkafka::message::Message;
+        let consumer: BaseConsumer = client_config(&b)
+            .set("group.id", "tributary-summary")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let marks = held(&consumer, &t)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut left = 0;
+        for (p, (lo, hi)) in &marks {
+            if hi > lo {
+                tpl.add_partition_offset(&t, *p, Offset::Offset(*lo))?;
+                left += 1;
+            }
+        }
+        let mut out = Vec::new();
+        if left == 0 {
+            return Ok(out);
+        }
+        consumer.assign(&tpl)?;
+        let mut done = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done.len() < left {
+            anyhow::ensure!(Instant::now() < deadline, "reading {t} timed out");
+            match consumer.poll(Duration::from_millis(500)) {
+                None => {}
+                Some(Err(e)) => return Err(e).with_context(|| format!("reading {t}")),
+                Some(Ok(m)) => {
+                    let hi = marks.get(&m.partition()).map(|x| x.1).unwrap_or(0);
+                    if m.offset() + 1 >= hi {
+                        done.insert(m.partition(), ());
+                    }
+                    if let Some(v) = m.payload() {
+                        out.push((m.partition(), m.offset(), v.to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await??;
+    let mut events = Vec::with_capacity(raw.len());
+    for (p, o, bytes) in raw {
+        events.push(
+            codec
+                .decode::<Envelope<P>>(&bytes)
+                .await
+                .with_context(|| format!("decoding {topic}/{p}@{o}"))?,
+        );
+    }
+    Ok(events)
+}
+
+/// Order flow timing over a run: how long from `OrderPlaced` to the order's outcome.
+struct Timing {
+    /// Outcome latencies in milliseconds, sorted.
+    latencies_ms: Vec<i64>,
+    /// From the first `OrderPlaced` to the last outcome.
+    span_ms: i64,
+}
+
+impl Timing {
+    fn of(orders: &[Envelope<OrderEvent>]) -> Timing {
+        let mut placed: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut done: BTreeMap<&str, i64> = BTreeMap::new();
+        for e in orders {
+            match &e.payload {
+                OrderEvent::OrderPlaced(p) => {
+                    placed.entry(p.order_id.as_str()).or_insert(e.timestamp);
+                }
+                OrderEvent::OrderConfirmed(c) => {
+                    done.entry(c.order_id.as_str()).or_insert(e.timestamp);
+                }
+                OrderEvent::OrderCancelled(c) => {
+                    done.entry(c.order_id.as_str()).or_insert(e.timestamp);
+                }
+            }
+        }
+        let mut latencies_ms: Vec<i64> = done
+            .iter()
+            .filter_map(|(id, end)| placed.get(id).map(|start| (end - start).max(0)))
+            .collect();
+        latencies_ms.sort_unstable();
+        let first = placed.values().min().copied().unwrap_or(0);
+        let last = done.values().max().copied().unwrap_or(first);
+        Timing {
+            latencies_ms,
+            span_ms: (last - first).max(0),
+        }
+    }
+
+    fn percentile(&self, q: f64) -> i64 {
+        if self.latencies_ms.is_empty() {
+            return 0;
+        }
+        let i = ((self.latencies_ms.len() - 1) as f64 * q).round() as usize;
+        self.latencies_ms[i.min(self.latencies_ms.len() - 1)]
+    }
+}
+
+async fn check_invariants(brokers: &str, registry: &str) -> anyhow::Result<(Report, Timing)> {
+    let codec = Codec::new(registry);
+    let orders = read_all::<OrderEvent>(brokers, &codec, OrderEvent::TOPIC).await?;
+    let inventory = read_all::<InventoryEvent>(brokers, &codec, InventoryEvent::TOPIC).await?;
+    let payments = read_all::<PaymentEvent>(brokers, &codec, PaymentEvent::TOPIC).await?;
+    let notifications =
+        read_all::<NotificationEvent>(brokers, &codec, NotificationEvent::TOPIC).await?;
+    let report = invariants::check(&orders, &inventory, &payments, &notifications);
+    Ok((report, Timing::of(&orders)))
 }

@@ -369,6 +369,18 @@ fn inventory_commands_round_trip() {
             unit_price_cents: None,
             currency: None,
         }),
+        InventoryCommand::ReserveStock(ReserveStock {
+            order_id: "o-1".into(),
+            items: items(2),
+        }),
+        InventoryCommand::ReleaseStock(ReleaseStock {
+            order_id: "o-1".into(),
+            reason: StockReleaseReason::Timeout,
+        }),
+        InventoryCommand::CommitStock(CommitStock {
+            order_id: "o-1".into(),
+            payment_id: "pay-1".into(),
+        }),
     ]);
     assert_all_branches::<InventoryCommand>(covered);
 }
@@ -436,6 +448,11 @@ fn inventory_events_round_trip() {
             description: Some("Better".into()),
             unit_price_cents: 2499,
             currency: "EUR".into(),
+        }),
+        InventoryEvent::ProductStockChanged(ProductStockChanged {
+            product_id: "p-1".into(),
+            available: 12,
+            reserved: 3,
         }),
     ]);
     assert_all_branches::<InventoryEvent>(covered);

@@ -165,12 +165,53 @@ pub struct ProductUpdated {
     pub currency: String,
 }
 
+/// Reserve stock for every line of an order, all lines or none (order saga step 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveStock {
+    /// Id of the order the reservation is for; one reservation per order.
+    pub order_id: String,
+    /// Units to reserve, one entry per product.
+    pub items: Vec<StockItem>,
+}
+
+/// Give an order's reservation back to available stock (saga compensation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStock {
+    /// Id of the order whose reservation is released.
+    pub order_id: String,
+    /// Why the reservation is released.
+    pub reason: StockReleaseReason,
+}
+
+/// Turn an order's reservation into a sale once the order is confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitStock {
+    /// Id of the confirmed order.
+    pub order_id: String,
+    /// Id of the payment that confirmed the order.
+    pub payment_id: String,
+}
+
+/// A product's stock levels after any change (reservation, release, sale, restock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductStockChanged {
+    /// Id of the product.
+    pub product_id: String,
+    /// Units available for sale after the change.
+    pub available: i32,
+    /// Units held by open reservations after the change.
+    pub reserved: i32,
+}
+
 topic_payload! {
     /// Payload of `commands.inventory`.
     pub enum InventoryCommand for "commands.inventory" {
         AddProduct,
         RestockProduct,
         UpdateProduct,
+        ReserveStock,
+        ReleaseStock,
+        CommitStock,
     }
 }
 
@@ -184,5 +225,6 @@ topic_payload! {
         StockReleased,
         StockCommitted,
         ProductUpdated,
+        ProductStockChanged,
     }
 }

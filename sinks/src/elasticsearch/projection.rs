@@ -94,6 +94,10 @@ pub fn project_inventory(key: &str, value: Option<&InventoryEventEnvelope>) -> V
             &e.product_id,
             Op::Patch(fields(json!({ "stock": e.available }))),
         ),
+        InventoryEvent::ProductStockChanged(e) => (
+            &e.product_id,
+            Op::Patch(fields(json!({ "stock": e.available }))),
+        ),
         InventoryEvent::StockReserved(_)
         | InventoryEvent::StockReservationFailed(_)
         | InventoryEvent::StockReleased(_)

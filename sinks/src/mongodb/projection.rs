@@ -122,6 +122,16 @@ pub fn project_inventory(key: &str, value: Option<&InventoryEventEnvelope>) -> V
                 .map(|(key, f)| change(STOCK_RESERVATIONS, key, Op::Upsert(f)))
                 .collect()
         }
+        // A product's absolute levels after a reservation, release or sale, versioned by the
+        // product's own sequence like the product events above.
+        InventoryEvent::ProductStockChanged(e) => vec![change(
+            PRODUCTS,
+            e.product_id.clone(),
+            Op::Patch(fields(json!({
+                "available": e.available,
+                "reserved": e.reserved,
+            }))),
+        )],
         // Nothing was reserved, so no view changes.
         InventoryEvent::StockReservationFailed(_) => Vec::new(),
     }

@@ -1,0 +1,172 @@
+//! `tributary process --app X`: run domain processors, each a consumer-group member of its own
+//! streams application. Run the same app on several machines to share its partitions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use tokio_util::sync::CancellationToken;
+use tributary_processors::{DeclineRule, DomainApp, DomainConfig};
+use tributary_runtime::config::{KAFKA_BROKERS, SCHEMA_REGISTRY_URL};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Which processors to run: users, inventory, payments, orders, notifications, analytics,
+    /// or `all`. Repeat or separate with commas for several.
+    #[arg(long, value_delimiter = ',', required = true)]
+    app: Vec<String>,
+    #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
+    brokers: String,
+    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
+    registry: String,
+    /// Root of the local state stores (one folder per application and task).
+    #[arg(long, env = "TRIBUTARY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds the order saga waits for inventory and payments before it compensates.
+    #[arg(long, default_value_t = 30)]
+    saga_timeout_secs: u64,
+    /// Payments of users whose id ends with this are declined ("" declines none).
+    #[arg(long, default_value = "-declines")]
+    decline_user_suffix: String,
+    /// Payments above this many cents are declined.
+    #[arg(long)]
+    decline_above_cents: Option<i64>,
+    /// Milliseconds between commits (the latency each hop adds).
+    #[arg(long, default_value_t = 100)]
+    commit_interval_ms: u64,
+    /// Where to serve /metrics and /health.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
+}
+
+/// The apps named by `--app`, each once, in the order given; an unknown name is an error naming it.
+fn apps(names: &[String]) -> anyhow::Result<Vec<DomainApp>> {
+    let mut out = Vec::new();
+    for name in names {
+        let name = name.trim();
+        let chosen: Vec<DomainApp> = if name == "all" {
+            DomainApp::ALL.to_vec()
+        } else {
+            let known = DomainApp::ALL.map(|a| a.name()).join(", ");
+            vec![DomainApp::from_name(name).with_context(|| {
+                format!("unknown processor `{name}` in --app (known: {known}, all)")
+            })?]
+        };
+        for a in chosen {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let apps = apps(&args.app)?;
+    let mut cfg = DomainConfig::from_env();
+    cfg.brokers = args.brokers.clone();
+    cfg.registry_url = args.registry.clone();
+    if let Some(dir) = &args.state_dir {
+        cfg.state_dir = dir.clone();
+    }
+    cfg.saga_timeout = Duration::from_secs(args.saga_timeout_secs.max(1));
+    cfg.commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    cfg.decline = DeclineRule {
+        user_suffix: Some(args.decline_user_suffix.clone()).filter(|s| !s.is_empty()),
+        max_amount_cents: args.decline_above_cents,
+    };
+
+    let stop = CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    let (addr, _server) =
+        tributary_runtime::metrics::serve(args.metrics_listen, registry.clone(), {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        })
+        .await
+        .with_context(|| format!("serving metrics on {}", args.metrics_listen))?;
+    let names: Vec<&str> = apps.iter().map(|a| a.name()).collect();
+    tracing::info!(apps = ?names, metrics = %addr, state = %cfg.state_dir.display(), "processors starting");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for app in apps {
+        // The runtime registers its metric families once per registry, so each app gets its own
+        // (its series carry an `app` label); the served registry gathers them all.
+        let app_registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(RegistryCollector(app_registry.clone())))
+            .context("registering an app's metrics")?;
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        tasks.spawn(async move {
+            let r = app.run(&cfg, Some(&app_registry), stop.clone()).await;
+            // One app failing stops the others: the process is unhealthy as a whole.
+            stop.cancel();
+            (app, r)
+        });
+    }
+
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            crate::shutdown_signal().await;
+            tracing::info!("shutting down the processors");
+            stop.cancel();
+        }
+    });
+
+    let mut failed = false;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((app, Ok(()))) => tracing::info!(app = app.name(), "processor stopped"),
+            Ok((app, Err(e))) => {
+                failed = true;
+                tracing::error!(app = app.name(), error = %e, "processor failed");
+                eprintln!("error: processor {}: {e}", app.name());
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("error: a processor task panicked: {e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Exposes one registry's metrics through another (one per app, all served together).
+struct RegistryCollector(prometheus::Registry);
+
+impl prometheus::core::Collector for RegistryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        // Unchecked collector: its families are created lazily by the runtime.
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.gather()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_expands_and_duplicates_are_dropped() {
+        let got = apps(&["orders".into(), "all".into()]).unwrap();
+        assert_eq!(got.len(), DomainApp::ALL.len());
+        assert_eq!(got[0], DomainApp::Orders);
+    }
+
+    #[test]
+    fn unknown_app_is_named_in_the_error() {
+        let e = apps(&["users".into(), "shipping".into()]).unwrap_err();
+        assert!(e.to_string().contains("`shipping`"), "{e}");
+    }
+}

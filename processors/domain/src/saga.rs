@@ -1,0 +1,574 @@
+//! The order saga: orchestrates inventory and payments for every order, state in a store.
+//!
+//! ```text
+//! PlaceOrder ─► validate + price ─► OrderPlaced ─► ReserveStock ──► StockReserved ─► AuthorizePayment
+//!                  │ invalid                          │ StockReservationFailed          │
+//!                  ▼                                  ▼                                 ▼
+//!   OrderCancelled(INVALID)            OrderCancelled(STOCK_OUT)   PaymentAuthorized ─► OrderConfirmed
+//!   + CommandRejected                                              + CapturePayment + CommitStock
+//!                                          PaymentDeclined ─► ReleaseStock ─► OrderCancelled(PAYMENT_DECLINED)
+//!   timer (no final answer in time) ─► ReleaseStock [+ RefundPayment] ─► OrderCancelled(TIMEOUT)
+//! ```
+//!
+//! Inputs: `commands.orders` (forwarded unchanged to the internal `orders-saga` topic, see
+//! [`Topics::orders_saga`]), that topic, `events.inventory` and `events.payments`. Requests go
+//! out as commands on `commands.inventory` and `commands.payments`, keyed by the order id;
+//! inventory and payments answer keyed by the order id too, so with equal partition counts
+//! everything about one order reaches the same task.
+//!
+//! Compensation never needs to know what the other side did: the saga's commands for one order
+//! share a partition, so a `ReleaseStock` is applied after the `ReserveStock` it follows (and
+//! releases it if it succeeded, or voids it otherwise), and a `RefundPayment` after the
+//! `AuthorizePayment` (refunding it if it was authorized, nothing if declined). Replies that
+//! arrive once the order is final are ignored; the compensation already in flight covers them.
+//!
+//! Stores: `orders` (order id → [`OrderState`]), `seen` (ids of handled commands and events).
+//! Timers: `timeout:<order id>` on the wall clock, one per open order.
+
+use prometheus::IntCounterVec;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tributary_schemas::domain::{
+    AuthorizePayment, CancelOrder, CancelReason, CapturePayment, CommitStock, InventoryCommand,
+    InventoryEvent, OrderCancelled, OrderCommand, OrderConfirmed, OrderEvent, OrderPlaced,
+    PaymentCommand, PaymentEvent, PlaceOrder, RefundPayment, RejectionReason, ReleaseStock,
+    ReserveStock, StockItem, StockReleaseReason,
+};
+use tributary_schemas::types::Envelope;
+use tributary_streams::{Context, Processor, Record, TimeKind, Timer};
+
+use crate::catalog::Catalog;
+use crate::common::{first_time, load, now_ms, save, Wire};
+use crate::error::{ProcessorError, Result};
+use crate::orders::{payment_id, price, validate, OrderState, Stage};
+use crate::topics::Topics;
+
+pub(crate) const ORDERS: &str = "orders";
+const TIMER_PREFIX: &str = "timeout:";
+/// How long an order naming an unknown product waits for the catalog to catch up before the
+/// record is retried.
+const CATALOG_WAIT: Duration = Duration::from_secs(10);
+
+/// What caused a record the saga emits: a record (its id and flow) or a timer (the flow only).
+struct Cause {
+    id: Option<String>,
+    correlation_id: String,
+}
+
+impl Cause {
+    fn of<P>(env: &Envelope<P>) -> Cause {
+        Cause {
+            id: Some(env.id.clone()),
+            correlation_id: env.correlation_id.clone(),
+        }
+    }
+
+    fn timer(state: &OrderState) -> Cause {
+        Cause {
+            id: None,
+            correlation_id: state.correlation_id.clone(),
+        }
+    }
+
+    fn envelope<P>(&self, aggregate: &str, payload: impl Into<P>) -> Envelope<P> {
+        let mut env = Envelope::new(aggregate, self.correlation_id.clone(), payload);
+        env.causation_id = self.id.clone();
+        env
+    }
+}
+
+/// The saga of one task; see the module doc.
+pub struct OrderSaga {
+    wire: Wire,
+    topics: Topics,
+    catalog: Arc<Catalog>,
+    timeout: Duration,
+    commands: String,
+    repartitioned: String,
+    inventory_events: String,
+    payment_events: String,
+    outcomes: Option<IntCounterVec>,
+}
+
+/// `tributary_saga_orders_completed_total{outcome, reason}`: orders the saga ended, by outcome
+/// (`confirmed`, `cancelled`) and cancel reason (empty when confirmed). Every label set starts at
+/// zero so that dashboards and alerts see the series before the first order ends.
+pub fn outcome_metric(registry: &prometheus::Registry) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "tributary_saga_orders_completed_total",
+            "Orders the saga ended, by outcome and cancel reason.",
+        ),
+        &["outcome", "reason"],
+    )?;
+    registry.register(Box::new(c.clone()))?;
+    c.with_label_values(&["confirmed", ""]);
+    for r in [
+        CancelReason::StockOut,
+        CancelReason::PaymentDeclined,
+        CancelReason::Timeout,
+        CancelReason::UserCancelled,
+        CancelReason::Invalid,
+    ] {
+        c.with_label_values(&["cancelled", reason_label(r)]);
+    }
+    Ok(c)
+}
+
+fn reason_label(r: CancelReason) -> &'static str {
+    match r {
+        CancelReason::StockOut => "stock_out",
+        CancelReason::PaymentDeclined => "payment_declined",
+        CancelReason::Timeout => "timeout",
+        CancelReason::UserCancelled => "user_cancelled",
+        CancelReason::Invalid => "invalid",
+    }
+}
+
+impl OrderSaga {
+    pub(crate) fn new(
+        wire: Wire,
+        topics: Topics,
+        catalog: Arc<Catalog>,
+        timeout: Duration,
+        outcomes: Option<IntCounterVec>,
+    ) -> Self {
+        OrderSaga {
+            outcomes,
+            wire,
+            catalog,
+            timeout,
+            commands: topics.commands_orders(),
+            repartitioned: topics.orders_saga(),
+            inventory_events: topics.events_inventory(),
+            payment_events: topics.events_payments(),
+            topics,
+        }
+    }
+
+    pub fn inputs(topics: &Topics) -> Vec<String> {
+        vec![
+            topics.commands_orders(),
+            topics.orders_saga(),
+            topics.events_inventory(),
+            topics.events_payments(),
+        ]
+    }
+
+    pub fn stores() -> Vec<&'static str> {
+        vec![ORDERS, crate::common::SEEN]
+    }
+
+    fn emit_order(
+        &self,
+        ctx: &mut Context<'_>,
+        cause: &Cause,
+        state: &OrderState,
+        event: impl Into<OrderEvent>,
+    ) -> Result<()> {
+        let env: Envelope<OrderEvent> = cause
+            .envelope(&state.order_id, event)
+            .with_sequence(state.sequence);
+        self.wire
+            .emit(ctx, &self.topics.events_orders(), &state.order_id, &env)
+    }
+
+    fn send_inventory(
+        &self,
+        ctx: &mut Context<'_>,
+        cause: &Cause,
+        order_id: &str,
+        command: impl Into<InventoryCommand>,
+    ) -> Result<()> {
+        let env: Envelope<InventoryCommand> = cause.envelope(order_id, command);
+        self.wire
+            .emit(ctx, &self.topics.commands_inventory(), order_id, &env)
+    }
+
+    fn send_payment(
+        &self,
+        ctx: &mut Context<'_>,
+        cause: &Cause,
+        state: &OrderState,
+        command: impl Into<PaymentCommand>,
+    ) -> Result<()> {
+        // Keyed by the order, not the payment: the payment's commands and events then share
+        // the order's partition number.
+        let env: Envelope<PaymentCommand> = cause.envelope(&state.payment_id, command);
+        self.wire
+            .emit(ctx, &self.topics.commands_payments(), &state.order_id, &env)
+    }
+
+    fn timer_name(order_id: &str) -> String {
+        format!("{TIMER_PREFIX}{order_id}")
+    }
+
+    /// Ends the order as cancelled: event, timer gone, state saved.
+    fn cancel(
+        &self,
+        ctx: &mut Context<'_>,
+        cause: &Cause,
+        mut state: OrderState,
+        reason: CancelReason,
+        detail: Option<String>,
+    ) -> Result<()> {
+        state.stage = Stage::Cancelled;
+        state.cancel_reason = Some(reason);
+        state.sequence += 1;
+        let event = OrderCancelled {
+            order_id: state.order_id.clone(),
+            user_id: state.user_id.clone(),
+            reason,
+            detail,
+        };
+        self.emit_order(ctx, cause, &state, event)?;
+        ctx.cancel(&Self::timer_name(&state.order_id))?;
+        save(ctx, ORDERS, &state.order_id, &state)?;
+        if let Some(m) = &self.outcomes {
+            m.with_label_values(&["cancelled", reason_label(reason)])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Undoes what the order holds at its stage, in reverse order of the steps.
+    fn compensate(
+        &self,
+        ctx: &mut Context<'_>,
+        cause: &Cause,
+        state: &OrderState,
+        release: StockReleaseReason,
+        why: &str,
+    ) -> Result<()> {
+        if state.stage == Stage::Authorizing {
+            let refund = RefundPayment {
+                payment_id: state.payment_id.clone(),
+                order_id: state.order_id.clone(),
+                amount_cents: state.total_cents,
+                currency: state.currency.clone(),
+                reason: Some(why.to_string()),
+            };
+            self.send_payment(ctx, cause, state, refund)?;
+        }
+        if matches!(state.stage, Stage::Reserving | Stage::Authorizing) {
+            let cmd = ReleaseStock {
+                order_id: state.order_id.clone(),
+                reason: release,
+            };
+            self.send_inventory(ctx, cause, &state.order_id, cmd)?;
+        }
+        Ok(())
+    }
+
+    fn on_command(&self, ctx: &mut Context<'_>, record: &Record) -> Result<()> {
+        let env = self.wire.decode::<OrderCommand>(record)?;
+        if !first_time(ctx, &env.id)? {
+            return Ok(());
+        }
+        match &env.payload {
+            OrderCommand::PlaceOrder(c) => self.place(ctx, &env, c),
+            OrderCommand::CancelOrder(c) => self.cancel_by_user(ctx, &env, c),
+        }
+    }
+
+    fn reject(
+        &self,
+        ctx: &mut Context<'_>,
+        env: &Envelope<OrderCommand>,
+        reason: RejectionReason,
+        message: String,
+    ) -> Result<()> {
+        self.wire
+            .reject(ctx, &self.topics, env, &self.commands, reason, message)
+    }
+
+    fn place(
+        &self,
+        ctx: &mut Context<'_>,
+        env: &Envelope<OrderCommand>,
+        c: &PlaceOrder,
+    ) -> Result<()> {
+        if c.order_id.is_empty() {
+            let msg = "order_id must be set".to_string();
+            return self.reject(ctx, env, RejectionReason::ValidationFailed, msg);
+        }
+        if load::<OrderState>(ctx, ORDERS, &c.order_id)?.is_some() {
+            let msg = format!("order `{}` was placed before", c.order_id);
+            return self.reject(ctx, env, RejectionReason::AlreadyExists, msg);
+        }
+        let cause = Cause::of(env);
+        let mut state = OrderState {
+            order_id: c.order_id.clone(),
+            user_id: c.user_id.clone(),
+            currency: c.currency.clone(),
+            lines: Vec::new(),
+            total_cents: 0,
+            stage: Stage::Reserving,
+            cancel_reason: None,
+            sequence: 0,
+            payment_id: payment_id(&c.order_id),
+            authorization_code: None,
+            correlation_id: env.correlation_id.clone(),
+            deadline_ms: 0,
+        };
+        let priced = match validate(c) {
+            Err(msg) => Err(msg),
+            Ok(()) => {
+                let ids: Vec<&str> = c.lines.iter().map(|l| l.product_id.as_str()).collect();
+                // A lagging catalog fails the record (retried), it is not a verdict on it.
+                let prices = self.catalog.prices(&ids, CATALOG_WAIT)?;
+                price(c, &prices)
+            }
+        };
+        let (lines, total) = match priced {
+            Ok(v) => v,
+            Err(msg) => {
+                self.cancel(ctx, &cause, state, CancelReason::Invalid, Some(msg.clone()))?;
+                return self.reject(ctx, env, RejectionReason::ValidationFailed, msg);
+            }
+        };
+        state.lines = lines;
+        state.total_cents = total;
+        state.sequence = 1;
+        state.deadline_ms = now_ms().saturating_add(self.timeout.as_millis() as i64);
+        let placed = OrderPlaced {
+            order_id: state.order_id.clone(),
+            user_id: state.user_id.clone(),
+            lines: state.lines.clone(),
+            currency: state.currency.clone(),
+            total_cents: state.total_cents,
+        };
+        self.emit_order(ctx, &cause, &state, placed)?;
+        let reserve = ReserveStock {
+            order_id: state.order_id.clone(),
+            items: state
+                .lines
+                .iter()
+                .map(|l| StockItem {
+                    product_id: l.product_id.clone(),
+                    quantity: l.quantity,
+                })
+                .collect(),
+        };
+        self.send_inventory(ctx, &cause, &state.order_id, reserve)?;
+        ctx.schedule(
+            &Self::timer_name(&state.order_id),
+            TimeKind::WallClock,
+            state.deadline_ms,
+        )?;
+        save(ctx, ORDERS, &state.order_id, &state)
+    }
+
+    fn cancel_by_user(
+        &self,
+        ctx: &mut Context<'_>,
+        env: &Envelope<OrderCommand>,
+        c: &CancelOrder,
+    ) -> Result<()> {
+        let Some(state) = load::<OrderState>(ctx, ORDERS, &c.order_id)? else {
+            let msg = format!("order `{}` does not exist", c.order_id);
+            return self.reject(ctx, env, RejectionReason::NotFound, msg);
+        };
+        if state.is_final() || state.user_id != c.user_id {
+            let msg = format!(
+                "order `{}` cannot be cancelled by `{}` at stage {:?}",
+                c.order_id, c.user_id, state.stage
+            );
+            return self.reject(ctx, env, RejectionReason::InvalidState, msg);
+        }
+        let cause = Cause::of(env);
+        self.compensate(
+            ctx,
+            &cause,
+            &state,
+            StockReleaseReason::OrderCancelled,
+            "cancelled by the user",
+        )?;
+        self.cancel(
+            ctx,
+            &cause,
+            state,
+            CancelReason::UserCancelled,
+            c.note.clone(),
+        )
+    }
+
+    /// The order an event is about, if the saga knows it. Events keyed by something else
+    /// (product events on `events.inventory`) or about unknown orders are skipped undecoded.
+    fn known_order(&self, ctx: &Context<'_>, record: &Record) -> Result<bool> {
+        Ok(match record.key.as_deref() {
+            Some(key) => ctx.get(ORDERS, key)?.is_some(),
+            None => false,
+        })
+    }
+
+    fn on_inventory(&self, ctx: &mut Context<'_>, record: &Record) -> Result<()> {
+        if !self.known_order(ctx, record)? {
+            return Ok(());
+        }
+        let env = self.wire.decode::<InventoryEvent>(record)?;
+        let order_id = match &env.payload {
+            InventoryEvent::StockReserved(e) => &e.order_id,
+            InventoryEvent::StockReservationFailed(e) => &e.order_id,
+            _ => return Ok(()),
+        };
+        let Some(state) = load::<OrderState>(ctx, ORDERS, order_id)? else {
+            return Ok(());
+        };
+        if !first_time(ctx, &env.id)? || state.stage != Stage::Reserving {
+            // A duplicate, or an answer after the saga moved on (e.g. timed out): the
+            // compensation sent then already covers it.
+            return Ok(());
+        }
+        let cause = Cause::of(&env);
+        match &env.payload {
+            InventoryEvent::StockReserved(_) => {
+                let mut state = state;
+                state.stage = Stage::Authorizing;
+                let cmd = AuthorizePayment {
+                    payment_id: state.payment_id.clone(),
+                    order_id: state.order_id.clone(),
+                    user_id: state.user_id.clone(),
+                    amount_cents: state.total_cents,
+                    currency: state.currency.clone(),
+                };
+                self.send_payment(ctx, &cause, &state, cmd)?;
+                save(ctx, ORDERS, &state.order_id, &state)
+            }
+            InventoryEvent::StockReservationFailed(e) => {
+                let detail = e
+                    .shortages
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}: {} requested, {} available",
+                            s.product_id, s.requested, s.available
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.cancel(ctx, &cause, state, CancelReason::StockOut, Some(detail))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_payment(&self, ctx: &mut Context<'_>, record: &Record) -> Result<()> {
+        if !self.known_order(ctx, record)? {
+            return Ok(());
+        }
+        let env = self.wire.decode::<PaymentEvent>(record)?;
+        let (order_id, payment) = match &env.payload {
+            PaymentEvent::PaymentAuthorized(e) => (&e.order_id, &e.payment_id),
+            PaymentEvent::PaymentDeclined(e) => (&e.order_id, &e.payment_id),
+            _ => return Ok(()),
+        };
+        let Some(mut state) = load::<OrderState>(ctx, ORDERS, order_id)? else {
+            return Ok(());
+        };
+        if !first_time(ctx, &env.id)?
+            || state.stage != Stage::Authorizing
+            || *payment != state.payment_id
+        {
+            return Ok(());
+        }
+        let cause = Cause::of(&env);
+        match &env.payload {
+            PaymentEvent::PaymentAuthorized(e) => {
+                state.stage = Stage::Confirmed;
+                state.sequence += 1;
+                state.authorization_code = Some(e.authorization_code.clone());
+                let confirmed = OrderConfirmed {
+                    order_id: state.order_id.clone(),
+                    user_id: state.user_id.clone(),
+                    payment_id: state.payment_id.clone(),
+                    total_cents: state.total_cents,
+                    currency: state.currency.clone(),
+                };
+                self.emit_order(ctx, &cause, &state, confirmed)?;
+                let capture = CapturePayment {
+                    payment_id: state.payment_id.clone(),
+                    order_id: state.order_id.clone(),
+                    authorization_code: e.authorization_code.clone(),
+                    amount_cents: state.total_cents,
+                    currency: state.currency.clone(),
+                };
+                self.send_payment(ctx, &cause, &state, capture)?;
+                let commit = CommitStock {
+                    order_id: state.order_id.clone(),
+                    payment_id: state.payment_id.clone(),
+                };
+                self.send_inventory(ctx, &cause, &state.order_id, commit)?;
+                ctx.cancel(&Self::timer_name(&state.order_id))?;
+                save(ctx, ORDERS, &state.order_id, &state)?;
+                if let Some(m) = &self.outcomes {
+                    m.with_label_values(&["confirmed", ""]).inc();
+                }
+                Ok(())
+            }
+            PaymentEvent::PaymentDeclined(e) => {
+                // Declined: nothing to refund, the stock goes back.
+                let cmd = ReleaseStock {
+                    order_id: state.order_id.clone(),
+                    reason: StockReleaseReason::PaymentDeclined,
+                };
+                self.send_inventory(ctx, &cause, &state.order_id, cmd)?;
+                let detail = e.detail.clone().or_else(|| Some(format!("{:?}", e.reason)));
+                self.cancel(ctx, &cause, state, CancelReason::PaymentDeclined, detail)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_timeout(&self, ctx: &mut Context<'_>, order_id: &str) -> Result<()> {
+        let Some(state) = load::<OrderState>(ctx, ORDERS, order_id)? else {
+            return Ok(());
+        };
+        if state.is_final() {
+            return Ok(());
+        }
+        let cause = Cause::timer(&state);
+        let why = format!(
+            "no answer within {} ms while {:?}",
+            self.timeout.as_millis(),
+            state.stage
+        );
+        tracing::info!(order = order_id, stage = ?state.stage, "order saga timed out");
+        self.compensate(ctx, &cause, &state, StockReleaseReason::Timeout, &why)?;
+        self.cancel(ctx, &cause, state, CancelReason::Timeout, Some(why))
+    }
+}
+
+impl Processor for OrderSaga {
+    fn process(&mut self, ctx: &mut Context<'_>, record: Record) -> tributary_streams::Result<()> {
+        let t = record.topic.as_str();
+        if t == self.commands {
+            // The first hop: re-keyed by the runtime's partitioner, bytes and headers unchanged.
+            ctx.forward_with_headers(
+                &self.repartitioned,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                record.headers.clone(),
+            );
+            return Ok(());
+        }
+        let r = if t == self.repartitioned {
+            self.on_command(ctx, &record)
+        } else if t == self.inventory_events {
+            self.on_inventory(ctx, &record)
+        } else if t == self.payment_events {
+            self.on_payment(ctx, &record)
+        } else {
+            Err(ProcessorError::UnexpectedTopic(record.id()))
+        };
+        Ok(r?)
+    }
+
+    fn punctuate(&mut self, ctx: &mut Context<'_>, timer: &Timer) -> tributary_streams::Result<()> {
+        if let Some(order_id) = timer.name.strip_prefix(TIMER_PREFIX) {
+            self.on_timeout(ctx, order_id)?;
+        }
+        Ok(())
+    }
+}
