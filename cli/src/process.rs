@@ -97,7 +97,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // (its series carry an `app` label); the served registry gathers them all.
         let app_registry = prometheus::Registry::new();
         registry
-            .register(Box::new(RegistryCollector(app_registry.clone())))
+            .register(Box::new(RegistryCollector::new(
+                app.name(),
+                app_registry.clone(),
+            )?))
             .context("registering an app's metrics")?;
         let (cfg, stop) = (cfg.clone(), stop.clone());
         tasks.spawn(async move {
@@ -139,17 +142,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Exposes one registry's metrics through another (one per app, all served together).
-struct RegistryCollector(prometheus::Registry);
+/// Exposes one app's registry through the served one (one per app, all served together).
+struct RegistryCollector {
+    registry: prometheus::Registry,
+    /// Identifies this collector to the served registry (which refuses two collectors with the
+    /// same descriptors); the families themselves are whatever the app's registry holds.
+    desc: prometheus::core::Desc,
+}
+
+impl RegistryCollector {
+    fn new(app: &str, registry: prometheus::Registry) -> anyhow::Result<Self> {
+        let desc = prometheus::core::Desc::new(
+            "tributary_process_app_metrics".into(),
+            "The metrics of one app of this process.".into(),
+            Vec::new(),
+            [("app".to_string(), app.to_string())].into(),
+        )
+        .context("describing an app's metrics")?;
+        Ok(RegistryCollector { registry, desc })
+    }
+}
 
 impl prometheus::core::Collector for RegistryCollector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        // Unchecked collector: its families are created lazily by the runtime.
-        Vec::new()
+        vec![&self.desc]
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.0.gather()
+        self.registry.gather()
     }
 }
 
@@ -162,6 +182,25 @@ mod tests {
         let got = apps(&["orders".into(), "all".into()]).unwrap();
         assert_eq!(got.len(), DomainApp::ALL.len());
         assert_eq!(got[0], DomainApp::Orders);
+    }
+
+    /// Every app's families are served together, each app registered once.
+    #[test]
+    fn several_apps_share_one_served_registry() {
+        let served = prometheus::Registry::new();
+        for app in ["users", "orders"] {
+            let r = prometheus::Registry::new();
+            let c = prometheus::IntCounterVec::new(prometheus::Opts::new("x_total", "x"), &["app"])
+                .unwrap();
+            r.register(Box::new(c.clone())).unwrap();
+            c.with_label_values(&[app]).inc();
+            served
+                .register(Box::new(RegistryCollector::new(app, r).unwrap()))
+                .unwrap();
+        }
+        let families = served.gather();
+        assert_eq!(families.len(), 1);
+        assert_eq!(families[0].get_metric().len(), 2);
     }
 
     #[test]
