@@ -13,6 +13,8 @@ demo: up
 test: up
 	$(ENV) cargo test --workspace --no-fail-fast
 	$(ENV) bash stack/tests/lifecycle.sh
+	$(ENV) bash stack/tests/prometheus.sh
+	$(ENV) bash stack/tests/compose.sh
 
 up:
 	bash stack/stack.sh up

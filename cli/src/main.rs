@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod process;
 mod produce;
+mod reconcile;
 mod registry;
 mod schemas;
 mod sink;
@@ -47,6 +48,8 @@ enum Command {
     Sink(sink::Args),
     /// Records per topic, sink lag, and the size of every view in every store.
     Summary(summary::Args),
+    /// Compare a store (or all) with a replay of the event topics; `--repair` fixes the drift.
+    Reconcile(reconcile::Args),
 }
 
 #[derive(Subcommand)]
@@ -77,6 +80,7 @@ async fn main() -> std::process::ExitCode {
         Command::Process(args) => process::run(args).await,
         Command::Sink(args) => sink::run(args).await,
         Command::Summary(args) => summary::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -139,6 +139,10 @@ pub struct LoadgenArgs {
     /// Unacknowledged sends allowed at once.
     #[arg(long, default_value_t = 256)]
     in_flight: usize,
+    /// Put before every id, email and SKU, so that a second run with the same seed makes new
+    /// entities instead of duplicates of the first run's.
+    #[arg(long, default_value = "")]
+    id_prefix: String,
 }
 
 pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
@@ -154,6 +158,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         orders: args.orders,
         decline_share: args.decline_share,
         initial_stock: args.initial_stock,
+        id_prefix: args.id_prefix.clone(),
     };
     let report = tributary_producers::loadgen::run(
         args.conn.sender()?,

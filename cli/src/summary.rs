@@ -25,7 +25,6 @@ use tributary_schemas::domain::{InventoryEvent, NotificationEvent, OrderEvent, P
 use tributary_schemas::types::{Envelope, TopicPayload, ALL_TOPICS};
 use tributary_schemas::Codec;
 
-const SINKS: [&str; 4] = ["postgres", "mongodb", "redis", "elasticsearch"];
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(ClapArgs)]
@@ -40,6 +39,9 @@ pub struct Args {
     /// Read the event topics and check the order saga's invariants; exit 1 if one is broken.
     #[arg(long)]
     invariants: bool,
+    /// Time orders placed from this instant on (ms since the epoch; default: all of them).
+    #[arg(long, default_value_t = 0)]
+    since_ms: i64,
     /// MongoDB database of the views.
     #[arg(long, default_value = "tributary")]
     mongodb_database: String,
@@ -236,20 +238,28 @@ async fn es_count(client: &elasticsearch::Elasticsearch, alias: &str) -> Result<
 }
 
 /// Every consumer group of the pipeline with the topics it consumes: the domain processors'
-/// applications, then the sinks (on every event topic).
+/// applications, then the sinks (each on the event topics its projection reads).
 fn groups() -> Vec<(String, Vec<String>)> {
+    use tributary_sinks::runner::Projection;
+    use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
     let cfg = DomainConfig::from_env();
     let mut out: Vec<(String, Vec<String>)> = DomainApp::ALL
         .iter()
         .map(|app| (app.application_id(&cfg), app.inputs(&cfg.topics)))
         .collect();
-    let events: Vec<String> = ALL_TOPICS
-        .iter()
-        .map(|(t, _)| t.to_string())
-        .filter(|t| t.starts_with("events."))
-        .collect();
-    for sink in SINKS {
-        out.push((format!("tributary-sink-{sink}"), events.clone()));
+    let sinks: [(&str, Box<dyn Projection>); 4] = [
+        ("postgres", Box::new(pg::PostgresProjection)),
+        ("mongodb", Box::new(mongo::projection::MongoProjection)),
+        ("redis", Box::new(rd::RedisProjection::default())),
+        ("elasticsearch", Box::new(es::projection::EsProjection)),
+    ];
+    for (sink, projection) in sinks {
+        let topics = projection
+            .streams()
+            .iter()
+            .map(|s| s.topic().to_string())
+            .collect();
+        out.push((format!("tributary-sink-{sink}"), topics));
     }
     out
 }
@@ -277,6 +287,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let brokers = args.brokers.clone();
     let deadline = args.wait.map(|s| Instant::now() + Duration::from_secs(s));
     let mut quiet_polls = 0;
+    let mut last_report = Instant::now();
     let (topics, lags) = loop {
         let b = brokers.clone();
         let (topics, lags) = tokio::task::spawn_blocking(move || poll(&b)).await??;
@@ -284,6 +295,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         quiet_polls = if behind == 0 { quiet_polls + 1 } else { 0 };
         match deadline {
             Some(d) if quiet_polls < 2 && Instant::now() < d => {
+                if behind > 0 && last_report.elapsed() >= Duration::from_secs(5) {
+                    last_report = Instant::now();
+                    let busiest: Vec<String> = lags
+                        .iter()
+                        .filter(|(_, l)| *l > 0)
+                        .map(|(g, l)| format!("{g} {l}"))
+                        .collect();
+                    eprintln!("waiting: {behind} records behind ({})", busiest.join(", "));
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             _ => break (topics, lags),
@@ -317,7 +337,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.invariants {
-        let (report, timing) = check_invariants(&brokers, &args.registry).await?;
+        let (report, timing) = check_invariants(&brokers, &args.registry, args.since_ms).await?;
         println!("orders");
         println!("  placed                     {:>9}", report.placed);
         println!("  confirmed                  {:>9}", report.confirmed);
@@ -430,14 +450,15 @@ struct Timing {
 }
 
 impl Timing {
-    fn of(orders: &[Envelope<OrderEvent>]) -> Timing {
+    fn of(orders: &[Envelope<OrderEvent>], since_ms: i64) -> Timing {
         let mut placed: BTreeMap<&str, i64> = BTreeMap::new();
         let mut done: BTreeMap<&str, i64> = BTreeMap::new();
         for e in orders {
             match &e.payload {
-                OrderEvent::OrderPlaced(p) => {
+                OrderEvent::OrderPlaced(p) if e.timestamp >= since_ms => {
                     placed.entry(p.order_id.as_str()).or_insert(e.timestamp);
                 }
+                OrderEvent::OrderPlaced(_) => {}
                 OrderEvent::OrderConfirmed(c) => {
                     done.entry(c.order_id.as_str()).or_insert(e.timestamp);
                 }
@@ -452,7 +473,12 @@ impl Timing {
             .collect();
         latencies_ms.sort_unstable();
         let first = placed.values().min().copied().unwrap_or(0);
-        let last = done.values().max().copied().unwrap_or(first);
+        let last = done
+            .iter()
+            .filter(|(id, _)| placed.contains_key(*id))
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap_or(first);
         Timing {
             latencies_ms,
             span_ms: (last - first).max(0),
@@ -468,7 +494,11 @@ impl Timing {
     }
 }
 
-async fn check_invariants(brokers: &str, registry: &str) -> anyhow::Result<(Report, Timing)> {
+async fn check_invariants(
+    brokers: &str,
+    registry: &str,
+    since_ms: i64,
+) -> anyhow::Result<(Report, Timing)> {
     let codec = Codec::new(registry);
     let orders = read_all::<OrderEvent>(brokers, &codec, OrderEvent::TOPIC).await?;
     let inventory = read_all::<InventoryEvent>(brokers, &codec, InventoryEvent::TOPIC).await?;
@@ -476,5 +506,5 @@ async fn check_invariants(brokers: &str, registry: &str) -> anyhow::Result<(Repo
     let notifications =
         read_all::<NotificationEvent>(brokers, &codec, NotificationEvent::TOPIC).await?;
     let report = invariants::check(&orders, &inventory, &payments, &notifications);
-    Ok((report, Timing::of(&orders)))
+    Ok((report, Timing::of(&orders, since_ms)))
 }

@@ -36,6 +36,9 @@ pub struct Workload {
     pub decline_share: f64,
     /// Units of stock each product starts with.
     pub initial_stock: i32,
+    /// Put before every id, email and SKU, so that runs with the same seed can share topics and
+    /// views without colliding (the same ids again are the same entities: duplicates).
+    pub id_prefix: String,
 }
 
 impl Default for Workload {
@@ -47,6 +50,7 @@ impl Default for Workload {
             orders: 20_000,
             decline_share: 0.05,
             initial_stock: 400,
+            id_prefix: String::new(),
         }
     }
 }
@@ -55,32 +59,33 @@ impl Workload {
     /// Every command of the workload, in sending order.
     pub fn commands(&self) -> Vec<Command> {
         let mut rng = StdRng::seed_from_u64(self.seed);
+        let pre = &self.id_prefix;
         let mut out = Vec::with_capacity(self.users + self.products + self.orders);
         let users: Vec<String> = (0..self.users)
             .map(|i| {
                 if rng.random::<f64>() < self.decline_share {
-                    format!("user-{i:05}{DECLINING_USER_SUFFIX}")
+                    format!("{pre}user-{i:05}{DECLINING_USER_SUFFIX}")
                 } else {
-                    format!("user-{i:05}")
+                    format!("{pre}user-{i:05}")
                 }
             })
             .collect();
         for (i, user) in users.iter().enumerate() {
             let cmd = RegisterUser {
                 user_id: user.clone(),
-                email: format!("user{i}@example.com"),
+                email: format!("{pre}user{i}@example.com"),
                 display_name: format!("User {i}"),
                 locale: Some("en-GB".into()),
             };
             out.push(Command::Users(self.envelope(&mut rng, user, cmd)));
         }
         let products: Vec<String> = (0..self.products)
-            .map(|i| format!("product-{i:04}"))
+            .map(|i| format!("{pre}product-{i:04}"))
             .collect();
         for (i, product) in products.iter().enumerate() {
             let cmd = AddProduct {
                 product_id: product.clone(),
-                sku: format!("SKU-{i:04}"),
+                sku: format!("{pre}SKU-{i:04}"),
                 name: format!("Product {i}"),
                 description: Some(format!("The {i}th product of the catalog")),
                 unit_price_cents: rng.random_range(199..=19_999),
@@ -93,7 +98,7 @@ impl Workload {
             return out;
         }
         for i in 0..self.orders {
-            let order_id = format!("order-{i:07}");
+            let order_id = format!("{pre}order-{i:07}");
             let user = &users[rng.random_range(0..users.len())];
             let mut lines: Vec<PlaceOrderLine> = Vec::new();
             for _ in 0..rng.random_range(1..=3) {
@@ -119,10 +124,23 @@ impl Workload {
         out
     }
 
-    /// An envelope whose id comes from the seeded generator, so reruns send the same ids. Its
-    /// timestamp is set when it is sent.
+    /// An envelope whose id comes from the seeded generator and the id prefix, so reruns send
+    /// the same ids and runs with another prefix send other ones (processors drop an id they
+    /// have seen). Its timestamp is set when it is sent.
     fn envelope<P>(&self, rng: &mut StdRng, aggregate: &str, payload: impl Into<P>) -> Envelope<P> {
-        let id = uuid::Builder::from_random_bytes(rng.random())
+        use std::hash::{Hash, Hasher};
+        let mut bytes: [u8; 16] = rng.random();
+        if !self.id_prefix.is_empty() {
+            // SipHash with fixed keys: the same prefix mixes in the same bits on every run.
+            for (half, chunk) in bytes.chunks_mut(8).enumerate() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (half, &self.id_prefix).hash(&mut h);
+                for (b, m) in chunk.iter_mut().zip(h.finish().to_le_bytes()) {
+                    *b ^= m;
+                }
+            }
+        }
+        let id = uuid::Builder::from_random_bytes(bytes)
             .into_uuid()
             .to_string();
         let mut env = Envelope::new(aggregate, id.clone(), payload);
@@ -229,6 +247,22 @@ mod tests {
         }
         .commands();
         assert_ne!(a, other);
+        let prefixed = Workload {
+            id_prefix: "run-2-".into(),
+            ..w.clone()
+        }
+        .commands();
+        assert_eq!(prefixed.len(), a.len());
+        assert!(prefixed
+            .iter()
+            .all(|c| c.aggregate_id().starts_with("run-2-")));
+        let ids = |cs: &[Command]| -> std::collections::BTreeSet<String> {
+            cs.iter().map(|c| c.id().to_string()).collect()
+        };
+        assert!(
+            ids(&prefixed).is_disjoint(&ids(&a)),
+            "another prefix, other command ids"
+        );
     }
 
     #[test]

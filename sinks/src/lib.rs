@@ -7,6 +7,8 @@
 //!   event's per-aggregate `sequence`. A store applies a change only when its version is newer than
 //!   the stored one, so replaying the log changes nothing.
 //! - [`change::ViewWriter`]: the one trait a store implements: apply a batch durably.
+//! - [`reconcile`]: replays the log into an expected view, reports each store's drift from it and
+//!   repairs it through the same writers.
 
 pub mod change;
 pub mod dlq;
@@ -14,5 +16,6 @@ pub mod elasticsearch;
 pub mod metrics;
 pub mod mongodb;
 pub mod postgres;
+pub mod reconcile;
 pub mod redis;
 pub mod runner;

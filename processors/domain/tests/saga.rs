@@ -279,6 +279,7 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
         orders: 300,
         decline_share: 0.2,
         initial_stock: 30,
+        id_prefix: String::new(),
     };
     let commands = workload.commands();
     let (catalog, orders_cmds): (Vec<Command>, Vec<Command>) = commands

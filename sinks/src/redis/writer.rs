@@ -218,7 +218,7 @@ impl RedisWriter {
 }
 
 /// A JSON value as a hash field value; `None` for null (the field is removed).
-fn text(v: &Value) -> Option<String> {
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
