@@ -13,6 +13,7 @@ use tributary_runtime::config::{
 };
 use tributary_schemas::Codec;
 use tributary_sinks::change::ViewWriter;
+use tributary_sinks::growth;
 use tributary_sinks::metrics::Metrics;
 use tributary_sinks::runner::{Projection, Sink, SinkConfig};
 
@@ -54,6 +55,9 @@ pub struct Args {
     /// Prefix of the Elasticsearch indices and aliases.
     #[arg(long, default_value = "tributary-")]
     index_prefix: String,
+    /// Seconds between samples of the views' growth (entities and bytes per view).
+    #[arg(long, default_value_t = 30)]
+    growth_interval_secs: u64,
 }
 
 fn name(store: Store) -> &'static str {
@@ -65,7 +69,28 @@ fn name(store: Store) -> &'static str {
     }
 }
 
-async fn connect(args: &Args) -> anyhow::Result<(Arc<dyn Projection>, Arc<dyn ViewWriter>)> {
+/// What the sink samples for the views' growth: the store's handle its writer already holds.
+enum Sampler {
+    Postgres(sqlx::PgPool),
+    Mongodb(mongodb::Database),
+    Redis(::redis::aio::ConnectionManager, String),
+    Elasticsearch(elasticsearch::Elasticsearch, Vec<String>),
+}
+
+impl Sampler {
+    async fn sample(&mut self) -> Result<Vec<growth::ViewSize>, growth::GrowthError> {
+        match self {
+            Sampler::Postgres(pool) => growth::postgres(pool, false).await,
+            Sampler::Mongodb(db) => growth::mongodb(db).await,
+            Sampler::Redis(conn, prefix) => growth::redis(conn, prefix).await,
+            Sampler::Elasticsearch(client, aliases) => growth::elasticsearch(client, aliases).await,
+        }
+    }
+}
+
+type Connected = (Arc<dyn Projection>, Arc<dyn ViewWriter>, Sampler);
+
+async fn connect(args: &Args) -> anyhow::Result<Connected> {
     use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
     let url = |default: &tributary_runtime::config::Setting| {
         args.url.clone().unwrap_or_else(|| default.get())
@@ -81,7 +106,8 @@ async fn connect(args: &Args) -> anyhow::Result<(Arc<dyn Projection>, Arc<dyn Vi
                 .with_context(|| {
                     format!("connecting to and migrating PostgreSQL at {}", config.url)
                 })?;
-            (Arc::new(pg::PostgresProjection), Arc::new(writer))
+            let sampler = Sampler::Postgres(writer.pool().clone());
+            (Arc::new(pg::PostgresProjection), Arc::new(writer), sampler)
         }
         Store::Mongodb => {
             let u = url(&MONGODB_URL);
@@ -91,9 +117,11 @@ async fn connect(args: &Args) -> anyhow::Result<(Arc<dyn Projection>, Arc<dyn Vi
             mongo::migrate(writer.database())
                 .await
                 .with_context(|| format!("migrating MongoDB database {}", args.mongodb_database))?;
+            let sampler = Sampler::Mongodb(writer.database().clone());
             (
                 Arc::new(mongo::projection::MongoProjection),
                 Arc::new(writer),
+                sampler,
             )
         }
         Store::Redis => {
@@ -102,10 +130,16 @@ async fn connect(args: &Args) -> anyhow::Result<(Arc<dyn Projection>, Arc<dyn Vi
                 ..rd::RedisConfig::default()
             };
             let u = config.url.clone();
+            let prefix = format!("{}:", config.prefix);
             let writer = rd::RedisWriter::connect(config)
                 .await
                 .with_context(|| format!("connecting to Redis at {u}"))?;
-            (Arc::new(rd::RedisProjection::default()), Arc::new(writer))
+            let sampler = Sampler::Redis(writer.connection(), prefix);
+            (
+                Arc::new(rd::RedisProjection::default()),
+                Arc::new(writer),
+                sampler,
+            )
         }
         Store::Elasticsearch => {
             let u = url(&ELASTICSEARCH_URL);
@@ -114,16 +148,38 @@ async fn connect(args: &Args) -> anyhow::Result<(Arc<dyn Projection>, Arc<dyn Vi
             es::migrate(writer.client(), &args.index_prefix)
                 .await
                 .with_context(|| format!("creating the indices at {u}"))?;
-            (Arc::new(es::projection::EsProjection), Arc::new(writer))
+            let aliases = es::indices::INDICES
+                .iter()
+                .map(|spec| writer.alias(spec.view))
+                .collect();
+            let sampler = Sampler::Elasticsearch(writer.client().clone(), aliases);
+            (
+                Arc::new(es::projection::EsProjection),
+                Arc::new(writer),
+                sampler,
+            )
         }
     })
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = name(args.store);
-    let (projection, writer) = connect(&args).await?;
+    let (projection, writer, mut sampler) = connect(&args).await?;
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).context("registering the sink's metrics")?;
+    let growth_metrics =
+        growth::GrowthMetrics::new(&registry).context("registering the growth metrics")?;
+    let every = Duration::from_secs(args.growth_interval_secs.max(1));
+    // Sampling never stops the sink: a failed sample is logged and tried again next time.
+    tokio::spawn(async move {
+        loop {
+            match sampler.sample().await {
+                Ok(sizes) => growth_metrics.record(&sizes),
+                Err(e) => tracing::warn!(error = %e, "sampling the views' growth"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
     let mut config = SinkConfig::new(store);
     config.brokers = args.brokers.clone();
     if let Some(group) = &args.group {

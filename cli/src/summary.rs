@@ -106,135 +106,74 @@ fn lag(brokers: &str, group: &str, events: &[(String, Watermarks)]) -> anyhow::R
     Ok(total)
 }
 
+/// The size of every view of every store: exact rows per PostgreSQL table, documents per
+/// MongoDB collection, keys per Redis view, documents per Elasticsearch alias.
 async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
+    use tributary_sinks::growth::{self, GrowthError, ViewSize};
     let mut out = Vec::new();
-    // PostgreSQL: every table of the views' schema.
-    match tributary_sinks::postgres::PostgresConfig::default().pool() {
-        Ok(pool) => {
-            let tables: Result<Vec<String>, _> = sqlx::query_scalar(
-                "SELECT table_name::text FROM information_schema.tables \
-                 WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_%' ORDER BY 1",
-            )
-            .fetch_all(&pool)
-            .await;
-            match tables {
-                Ok(tables) => {
-                    for t in tables {
-                        let n: Result<i64, _> = sqlx::query_scalar(&format!(
-                            "SELECT count(*) FROM \"{}\"",
-                            t.replace('"', "\"\"")
-                        ))
-                        .fetch_one(&pool)
-                        .await;
-                        out.push(("postgres".into(), t, n.map_err(|e| e.to_string())));
-                    }
+    let mut add = |store: &str, sizes: Result<Vec<ViewSize>, GrowthError>, at: String| match sizes {
+        Ok(sizes) => {
+            for s in sizes {
+                if let Some(n) = s.entities {
+                    out.push((store.to_string(), s.view, Ok(n)));
                 }
-                Err(e) => out.push(("postgres".into(), DATABASE_URL.get(), Err(e.to_string()))),
             }
         }
-        Err(e) => out.push(("postgres".into(), DATABASE_URL.get(), Err(e.to_string()))),
-    }
-    // MongoDB: every collection.
-    match tributary_sinks::mongodb::MongoWriter::connect(&MONGODB_URL.get(), &args.mongodb_database)
-        .await
+        Err(e) => out.push((store.to_string(), at, Err(e.to_string()))),
+    };
+    let pg = match tributary_sinks::postgres::PostgresConfig::default().pool() {
+        Ok(pool) => growth::postgres(&pool, true).await,
+        Err(e) => Err(GrowthError {
+            store: "postgres",
+            message: e.to_string(),
+        }),
+    };
+    add("postgres", pg, DATABASE_URL.get());
+    let mongo = match tributary_sinks::mongodb::MongoWriter::connect(
+        &MONGODB_URL.get(),
+        &args.mongodb_database,
+    )
+    .await
     {
-        Ok(w) => match w.database().list_collection_names().await {
-            Ok(mut names) => {
-                names.sort();
-                for c in names.into_iter().filter(|c| !c.starts_with('_')) {
-                    let n = w
-                        .database()
-                        .collection::<mongodb::bson::Document>(&c)
-                        .count_documents(mongodb::bson::doc! {})
-                        .await
-                        .map(|n| n as i64)
-                        .map_err(|e| e.to_string());
-                    out.push(("mongodb".into(), c, n));
-                }
-            }
-            Err(e) => out.push(("mongodb".into(), MONGODB_URL.get(), Err(e.to_string()))),
+        Ok(w) => growth::mongodb(w.database()).await,
+        Err(e) => Err(GrowthError {
+            store: "mongodb",
+            message: e.to_string(),
+        }),
+    };
+    add("mongodb", mongo, MONGODB_URL.get());
+    let redis = match redis::Client::open(REDIS_URL.get()) {
+        Ok(client) => match client.get_multiplexed_async_connection().await {
+            Ok(mut conn) => growth::redis(&mut conn, &args.key_prefix).await,
+            Err(e) => Err(GrowthError {
+                store: "redis",
+                message: e.to_string(),
+            }),
         },
-        Err(e) => out.push(("mongodb".into(), MONGODB_URL.get(), Err(e.to_string()))),
-    }
-    // Redis: keys per view, the segment after the prefix.
-    match redis_counts(&args.key_prefix).await {
-        Ok(counts) => {
-            for (view, n) in counts {
-                out.push(("redis".into(), view, Ok(n)));
-            }
-        }
-        Err(e) => out.push(("redis".into(), REDIS_URL.get(), Err(e))),
-    }
-    // Elasticsearch: documents behind each alias.
-    match tributary_sinks::elasticsearch::EsWriter::connect(
+        Err(e) => Err(GrowthError {
+            store: "redis",
+            message: e.to_string(),
+        }),
+    };
+    add("redis", redis, REDIS_URL.get());
+    let es = match tributary_sinks::elasticsearch::EsWriter::connect(
         &ELASTICSEARCH_URL.get(),
         args.index_prefix.clone(),
     ) {
         Ok(w) => {
-            for spec in tributary_sinks::elasticsearch::indices::INDICES {
-                let alias = w.alias(spec.view);
-                let n = es_count(w.client(), &alias).await;
-                out.push(("elasticsearch".into(), alias, n));
-            }
+            let aliases: Vec<String> = tributary_sinks::elasticsearch::indices::INDICES
+                .iter()
+                .map(|spec| w.alias(spec.view))
+                .collect();
+            growth::elasticsearch(w.client(), &aliases).await
         }
-        Err(e) => out.push((
-            "elasticsearch".into(),
-            ELASTICSEARCH_URL.get(),
-            Err(e.to_string()),
-        )),
-    }
+        Err(e) => Err(GrowthError {
+            store: "elasticsearch",
+            message: e.to_string(),
+        }),
+    };
+    add("elasticsearch", es, ELASTICSEARCH_URL.get());
     out
-}
-
-async fn redis_counts(prefix: &str) -> Result<BTreeMap<String, i64>, String> {
-    let client = redis::Client::open(REDIS_URL.get()).map_err(|e| e.to_string())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut counts = BTreeMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        for k in keys {
-            let view = k[prefix.len()..]
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            *counts.entry(view).or_insert(0) += 1;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    Ok(counts)
-}
-
-async fn es_count(client: &elasticsearch::Elasticsearch, alias: &str) -> Result<i64, String> {
-    let resp = client
-        .count(elasticsearch::CountParts::Index(&[alias]))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status_code();
-    if status.as_u16() == 404 {
-        // No sink has created the index yet: an empty view, not a failure.
-        return Ok(0);
-    }
-    let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-    body["count"]
-        .as_i64()
-        .ok_or_else(|| format!("{status}: {body}"))
 }
 
 /// Every consumer group of the pipeline with the topics it consumes: the domain processors'

@@ -7,12 +7,14 @@
 //!   event's per-aggregate `sequence`. A store applies a change only when its version is newer than
 //!   the stored one, so replaying the log changes nothing.
 //! - [`change::ViewWriter`]: the one trait a store implements: apply a batch durably.
+//! - [`growth`]: entities and bytes per view, sampled for the data-growth metrics.
 //! - [`reconcile`]: replays the log into an expected view, reports each store's drift from it and
 //!   repairs it through the same writers.
 
 pub mod change;
 pub mod dlq;
 pub mod elasticsearch;
+pub mod growth;
 pub mod metrics;
 pub mod mongodb;
 pub mod postgres;

@@ -24,7 +24,11 @@ pub struct Metrics {
     write_duration: HistogramVec,
     freshness: prometheus::GaugeVec,
     pool: IntGaugeVec,
+    slow: IntCounterVec,
 }
+
+/// A batch write slower than this counts as a slow query (ADR-007's slow-query count).
+pub const SLOW_WRITE: Duration = Duration::from_secs(1);
 
 impl Metrics {
     /// Registers the sink metric families in `registry`.
@@ -81,8 +85,14 @@ impl Metrics {
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(write_duration.clone()))?;
         registry.register(Box::new(freshness.clone()))?;
+        let slow = counter(
+            "tributary_sink_slow_writes_total",
+            "Batch writes that took longer than one second (slow queries).",
+        )?;
         registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(slow.clone()))?;
         Ok(Metrics {
+            slow,
             written,
             stale,
             dlq,
@@ -104,6 +114,7 @@ impl Metrics {
             retries: self.retries.with_label_values(&[sink]),
             batch_size: self.batch_size.with_label_values(&[sink]),
             write_duration: self.write_duration.with_label_values(&[sink]),
+            slow: self.slow.with_label_values(&[sink]),
             freshness: self.freshness.clone(),
             pool: self.pool.clone(),
         }
@@ -120,6 +131,7 @@ pub struct SinkMetrics {
     retries: IntCounter,
     batch_size: Histogram,
     write_duration: Histogram,
+    slow: IntCounter,
     freshness: prometheus::GaugeVec,
     pool: IntGaugeVec,
 }
@@ -137,6 +149,9 @@ impl SinkMetrics {
         self.stale.inc_by(outcome.stale);
         self.batch_size.observe(records as f64);
         self.write_duration.observe(took.as_secs_f64());
+        if took > SLOW_WRITE {
+            self.slow.inc();
+        }
         let now_ms = now_millis();
         let mut latest: Vec<(&'static str, i64)> = Vec::new();
         for c in changes {
@@ -186,6 +201,10 @@ impl SinkMetrics {
     pub fn retries(&self) -> u64 {
         self.retries.get()
     }
+
+    pub fn slow_writes(&self) -> u64 {
+        self.slow.get()
+    }
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -193,4 +212,20 @@ pub(crate) fn now_millis() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_writes_slower_than_a_second_count_as_slow() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry).expect("metrics").sink("s");
+        let outcome = WriteOutcome::default();
+        m.batch_written(1, &[], outcome, Duration::from_millis(20));
+        assert_eq!(m.slow_writes(), 0);
+        m.batch_written(1, &[], outcome, SLOW_WRITE + Duration::from_millis(1));
+        assert_eq!(m.slow_writes(), 1);
+    }
 }
