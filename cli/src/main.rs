@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod process;
 mod produce;
+mod rebuild;
 mod reconcile;
 mod registry;
 mod schemas;
@@ -50,6 +51,8 @@ enum Command {
     Summary(summary::Args),
     /// Compare a store (or all) with a replay of the event topics; `--repair` fixes the drift.
     Reconcile(reconcile::Args),
+    /// Build a fresh copy of a store's views (or all) from the event topics and swap it in.
+    Rebuild(rebuild::Args),
 }
 
 #[derive(Subcommand)]
@@ -81,6 +84,7 @@ async fn main() -> std::process::ExitCode {
         Command::Sink(args) => sink::run(args).await,
         Command::Summary(args) => summary::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
+        Command::Rebuild(args) => rebuild::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@
 //! - [`growth`]: entities and bytes per view, sampled for the data-growth metrics.
 //! - [`reconcile`]: replays the log into an expected view, reports each store's drift from it and
 //!   repairs it through the same writers.
+//! - [`rebuild`]: builds a fresh copy of a store's views from the log and swaps it in atomically.
 
 pub mod change;
 pub mod dlq;
@@ -18,6 +19,7 @@ pub mod growth;
 pub mod metrics;
 pub mod mongodb;
 pub mod postgres;
+pub mod rebuild;
 pub mod reconcile;
 pub mod redis;
 pub mod runner;

@@ -105,6 +105,7 @@ impl Wire {
             message,
         };
         // Each rejection is its own aggregate (the command), so sequence 1 is its only version.
+        let reason_name = format!("{reason:?}");
         let env: Envelope<RejectionEvent> =
             Envelope::caused_by(command, command.id.clone(), rejected).with_sequence(1);
         self.emit(
@@ -112,8 +113,36 @@ impl Wire {
             &topics.events_rejections(),
             &command.aggregate_id,
             &env,
-        )
+        )?;
+        // The command itself goes to its topic's dead-letter topic too, with the headers the
+        // runtime's dead letters carry, so an operator finds every refused input in one place.
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            ("dlq.error.class".into(), b"rejected".to_vec()),
+            ("dlq.error.message".into(), env_message(&env).into_bytes()),
+            ("dlq.rejection.reason".into(), reason_name.into_bytes()),
+        ];
+        if let Some((topic, partition, offset)) = ctx.input() {
+            headers.push(("dlq.source.topic".into(), topic.as_bytes().to_vec()));
+            headers.push((
+                "dlq.source.partition".into(),
+                partition.to_string().into_bytes(),
+            ));
+            headers.push(("dlq.source.offset".into(), offset.to_string().into_bytes()));
+        }
+        let bytes = self.encode(command)?;
+        ctx.forward_with_headers(
+            &format!("{command_topic}.dlq"),
+            Some(command.aggregate_id.as_bytes()),
+            Some(&bytes),
+            headers,
+        );
+        Ok(())
     }
+}
+
+fn env_message(env: &Envelope<RejectionEvent>) -> String {
+    let RejectionEvent::CommandRejected(r) = &env.payload;
+    r.message.clone()
 }
 
 /// Reads a JSON value of `store`.

@@ -159,6 +159,27 @@ async fn saga_paths_success_stock_out_decline_and_invalid() {
         .iter()
         .all(|(t, r)| t == "PlaceOrder" && *r == RejectionReason::ValidationFailed));
 
+    // ...and each refused command is also in its topic's dead-letter topic, with its reason.
+    let dlq = format!("{}.dlq", p.cfg.topics.commands_orders());
+    let dead = tokio::task::spawn_blocking(move || read_raw(&dlq, 3))
+        .await
+        .expect("reader");
+    assert_eq!(dead.len(), 3);
+    for (_, headers) in &dead {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("dlq.error.class").as_deref(), Some("rejected"));
+        assert_eq!(
+            header("dlq.rejection.reason").as_deref(),
+            Some("ValidationFailed")
+        );
+        assert!(header("dlq.source.topic").is_some() && header("dlq.source.offset").is_some());
+    }
+
     let mut notes = p.reader::<NotificationEvent>(p.cfg.topics.events_notifications());
     let notes = notes
         .until("a notification per outcome", |e| e.len() >= all.len())
@@ -363,6 +384,27 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
         )
         .await
         .to_vec();
+    // ...and each refused command is also in its topic's dead-letter topic, with its reason.
+    let dlq = format!("{}.dlq", p.cfg.topics.commands_orders());
+    let dead = tokio::task::spawn_blocking(move || read_raw(&dlq, 3))
+        .await
+        .expect("reader");
+    assert_eq!(dead.len(), 3);
+    for (_, headers) in &dead {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("dlq.error.class").as_deref(), Some("rejected"));
+        assert_eq!(
+            header("dlq.rejection.reason").as_deref(),
+            Some("ValidationFailed")
+        );
+        assert!(header("dlq.source.topic").is_some() && header("dlq.source.offset").is_some());
+    }
+
     let mut notes = p.reader::<NotificationEvent>(p.cfg.topics.events_notifications());
     let notes = notes
         .until("a notification per outcome", |e| e.len() >= placed.len())

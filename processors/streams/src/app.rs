@@ -27,7 +27,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use redb::Durability;
@@ -833,10 +833,22 @@ impl Engine {
                     return Err(e);
                 }
                 tracing::warn!(error = %e, "transaction failed; aborting and reading the batch again");
-                if let Err(abort) = self.producer.abort_transaction(txn_timeout) {
-                    tracing::error!(error = %abort, "abort failed; stopping");
-                    self.producer_failed = true;
-                    return Err(abort.into());
+                // A failed batch can leave records queued or in flight (a delivery failed while
+                // others were still retrying); the abort would wait for them, so drop them first:
+                // the transaction is being thrown away anyway.
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                let mut tries = 0;
+                while let Err(abort) = self.producer.abort_transaction(txn_timeout) {
+                    tries += 1;
+                    let retriable =
+                        matches!(&abort, KafkaError::Transaction(t) if t.is_retriable());
+                    if !retriable || tries >= 3 {
+                        tracing::error!(error = %abort, "abort failed; stopping");
+                        self.producer_failed = true;
+                        return Err(abort.into());
+                    }
+                    tracing::warn!(error = %abort, "abort failed; trying again");
                 }
                 self.rewind(consumer);
                 Ok(())

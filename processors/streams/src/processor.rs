@@ -94,6 +94,14 @@ impl Context<'_> {
         self.task
     }
 
+    /// Where the record being processed came from, as `(topic, partition, offset)`; `None` while
+    /// a timer fires.
+    pub fn input(&self) -> Option<(&str, i32, i64)> {
+        self.position
+            .as_ref()
+            .map(|p| (p.topic.as_str(), p.partition, p.offset))
+    }
+
     /// The largest input timestamp this task has seen (ms), or `i64::MIN` before any.
     pub fn stream_time(&self) -> i64 {
         self.stream_time

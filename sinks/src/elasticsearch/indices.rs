@@ -213,7 +213,13 @@ pub async fn migrate(client: &Elasticsearch, prefix: &str) -> Result<IndexReport
             return Err(refused(path, status, &body));
         }
         match alias_target(client, &alias).await? {
-            Some(index) if index == spec.index(prefix) => report.current.push(alias),
+            // `<alias>_v<version>`, or a rebuild of it (`<alias>_v<version>-r<stamp>`).
+            Some(index)
+                if index == spec.index(prefix)
+                    || index.starts_with(&format!("{}-r", spec.index(prefix))) =>
+            {
+                report.current.push(alias)
+            }
             Some(_) => report.outdated.push(alias),
             None => {
                 if create_index(client, prefix, spec, true).await? {

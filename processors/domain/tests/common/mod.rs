@@ -285,9 +285,17 @@ pub fn read_raw(topic: &str, want: usize) -> Vec<RawRecord> {
         .set("enable.auto.commit", "false")
         .create()
         .expect("raw reader");
+    let partitions = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata")
+        .topics()
+        .first()
+        .map_or(1, |t| t.partitions().len().max(1));
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("tpl");
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .expect("tpl");
+    }
     c.assign(&tpl).expect("assign");
     let deadline = Instant::now() + DEADLINE;
     let mut out = Vec::new();
