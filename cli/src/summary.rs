@@ -203,8 +203,11 @@ fn groups() -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// Records held per topic, and records behind per consumer group.
+type Poll = (Vec<(&'static str, Watermarks)>, Vec<(String, i64)>);
+
 /// Records held per pipeline topic, and each group's lag.
-fn poll(brokers: &str) -> anyhow::Result<(Vec<(&'static str, Watermarks)>, Vec<(String, i64)>)> {
+fn poll(brokers: &str) -> anyhow::Result<Poll> {
     let consumer: BaseConsumer = client_config(brokers).create()?;
     let mut topics = Vec::new();
     for (topic, _) in ALL_TOPICS {

@@ -25,6 +25,9 @@ use tributary_sinks::runner::{EventStream, Projection, Sink, SinkConfig, SourceT
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// A sink's name, its store's projection and writer.
+type NamedSink = (&'static str, Arc<dyn Projection>, Arc<dyn ViewWriter>);
+
 struct Stores {
     pg: PostgresWriter,
     pg_schema: String,
@@ -74,7 +77,7 @@ impl Stores {
     /// Starts the four sinks on the pipeline's event topics; returns their stop token.
     fn start_sinks(&self, p: &Pipeline) -> (CancellationToken, Vec<tokio::task::JoinHandle<()>>) {
         let t = &p.cfg.topics;
-        let sources = vec![
+        let sources = [
             SourceTopic {
                 topic: t.events_users(),
                 stream: EventStream::Users,
@@ -99,7 +102,7 @@ impl Stores {
         let registry = prometheus::Registry::new();
         let metrics = Metrics::new(&registry).expect("sink metrics");
         let stop = CancellationToken::new();
-        let sinks: Vec<(&str, Arc<dyn Projection>, Arc<dyn ViewWriter>)> = vec![
+        let sinks: Vec<NamedSink> = vec![
             (
                 "postgres",
                 Arc::new(PostgresProjection),
