@@ -183,6 +183,11 @@ impl Command {
         each!(self, e => e.id.as_str())
     }
 
+    /// The id shared by every record of the command's business flow.
+    pub fn correlation_id(&self) -> &str {
+        each!(self, e => e.correlation_id.as_str())
+    }
+
     /// The entity the command is about; the record key.
     pub fn aggregate_id(&self) -> &str {
         each!(self, e => e.aggregate_id.as_str())

@@ -24,6 +24,7 @@ use serde_json::json;
 
 use crate::command::Command;
 use crate::sender::CommandSender;
+use tributary_schemas::domain::RejectionReason;
 
 /// A fixed-window per-user limit, counted in Redis so every gateway instance shares it.
 #[derive(Clone)]
@@ -218,14 +219,19 @@ async fn handle_command(
         match limit.admit(&user).await {
             Ok(()) => {}
             Err(RateError::Limited { retry_after }) => {
-                let mut resp = error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "user `{user}` is over {} commands per {:?}",
-                        limit.max, limit.window
-                    ),
-                    &topic,
+                let msg = format!(
+                    "user `{user}` is over {} commands per {:?}",
+                    limit.max, limit.window
                 );
+                // The refusal is also an event; the caller's 429 does not wait on it failing.
+                if let Err(e) = state
+                    .sender
+                    .reject(&command, RejectionReason::RateLimited, msg.clone())
+                    .await
+                {
+                    tracing::warn!(error = %e, command = command.id(), "recording a rate-limited command");
+                }
+                let mut resp = error(StatusCode::TOO_MANY_REQUESTS, msg, &topic);
                 if let Ok(v) = retry_after.to_string().parse() {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }

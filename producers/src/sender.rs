@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tributary_runtime::kafka::client_config;
+use tributary_schemas::domain::{CommandRejected, RejectionEvent, RejectionReason};
+use tributary_schemas::types::{Envelope, TopicPayload};
 use tributary_schemas::{Codec, CodecError};
 
 use crate::command::{Command, CommandError};
@@ -81,6 +83,39 @@ impl CommandSender {
         let topic = self.topic_for(command);
         let (value, schema) = command.to_avro()?;
         let bytes = self.codec.encode_value(&topic, schema, value).await?;
+        let record = FutureRecord::to(&topic)
+            .key(command.aggregate_id())
+            .payload(&bytes);
+        match self.producer.send(record, Duration::from_secs(30)).await {
+            Ok(d) => Ok(Delivery {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((source, _)) => Err(SendError::Kafka { topic, source }),
+        }
+    }
+
+    /// Records on `events.rejections` that `command` was refused before it reached its topic
+    /// (e.g. over the user's rate), so that the refusal is a fact of the log like any other.
+    pub async fn reject(
+        &self,
+        command: &Command,
+        reason: RejectionReason,
+        message: String,
+    ) -> Result<Delivery, SendError> {
+        let topic = format!("{}{}", self.topic_prefix, RejectionEvent::TOPIC);
+        let rejected = CommandRejected {
+            command_topic: self.topic_for(command),
+            command_id: command.id().to_string(),
+            command_type: command.name().to_string(),
+            reason,
+            message,
+        };
+        // Each rejection is its own aggregate (the command), so sequence 1 is its only version.
+        let mut env: Envelope<RejectionEvent> =
+            Envelope::new(command.id(), command.correlation_id(), rejected).with_sequence(1);
+        env.causation_id = Some(command.id().to_string());
+        let bytes = self.codec.encode(&env).await?;
         let record = FutureRecord::to(&topic)
             .key(command.aggregate_id())
             .payload(&bytes);

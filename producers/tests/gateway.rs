@@ -13,7 +13,7 @@ use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL};
 use tributary_runtime::kafka::{
     client_config, close_consumer, ensure_topic, unique_name, TopicSpec,
 };
-use tributary_schemas::domain::OrderCommand;
+use tributary_schemas::domain::{OrderCommand, RejectionEvent, RejectionReason};
 use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
 
@@ -83,6 +83,15 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
         compacted: false,
     };
     ensure_topic(&brokers, &orders_topic, spec).await.unwrap();
+    // One partition, so the test knows where the gateway's one rejection lands.
+    let rejections_topic = format!("{prefix}events.rejections");
+    let one = TopicSpec {
+        partitions: 1,
+        compacted: false,
+    };
+    ensure_topic(&brokers, &rejections_topic, one)
+        .await
+        .unwrap();
 
     let redis = redis::Client::open(REDIS_URL.get()).unwrap();
     let conn = redis::aio::ConnectionManager::new(redis).await.unwrap();
@@ -185,6 +194,15 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
         .unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
+    // ...and the refusal is on the log, with its reason.
+    let (key, value) = record_at(&brokers, &rejections_topic, 0, 0);
+    assert_eq!(key, "o-6");
+    let rejected: Envelope<RejectionEvent> = codec.decode(&value).await.unwrap();
+    let RejectionEvent::CommandRejected(r) = rejected.payload;
+    assert_eq!(r.reason, RejectionReason::RateLimited);
+    assert_eq!(r.command_type, "PlaceOrder");
+    assert_eq!(r.command_topic, orders_topic);
+    assert!(r.message.contains("`u-1`"), "{}", r.message);
     let resp = http
         .post(url("/commands/commands.orders"))
         .json(&place_order("o-7", "u-2"))

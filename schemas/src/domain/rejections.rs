@@ -18,6 +18,8 @@ pub enum RejectionReason {
     InvalidState,
     /// Any other reason.
     Other,
+    /// The user sent more commands than their rate allows.
+    RateLimited,
 }
 
 /// A command was rejected and had no effect.

@@ -21,7 +21,7 @@ use tributary_schemas::types::{Envelope, TopicPayload};
 use tributary_schemas::Codec;
 
 pub const PARTITIONS: i32 = 3;
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub const DEADLINE: Duration = Duration::from_secs(120);
 
 pub struct Pipeline {
     pub cfg: DomainConfig,
