@@ -9,6 +9,7 @@ mod reconcile;
 mod registry;
 mod schemas;
 mod sink;
+mod stores;
 mod summary;
 mod topics;
 

@@ -83,9 +83,12 @@ impl CommandSender {
         let topic = self.topic_for(command);
         let (value, schema) = command.to_avro()?;
         let bytes = self.codec.encode_value(&topic, schema, value).await?;
-        let record = FutureRecord::to(&topic)
-            .key(command.aggregate_id())
-            .payload(&bytes);
+        self.produce(topic, command.aggregate_id(), &bytes).await
+    }
+
+    /// Produces one record and waits for the broker's acknowledgement.
+    async fn produce(&self, topic: String, key: &str, bytes: &[u8]) -> Result<Delivery, SendError> {
+        let record = FutureRecord::to(&topic).key(key).payload(bytes);
         match self.producer.send(record, Duration::from_secs(30)).await {
             Ok(d) => Ok(Delivery {
                 partition: d.partition,
@@ -116,15 +119,6 @@ impl CommandSender {
             Envelope::new(command.id(), command.correlation_id(), rejected).with_sequence(1);
         env.causation_id = Some(command.id().to_string());
         let bytes = self.codec.encode(&env).await?;
-        let record = FutureRecord::to(&topic)
-            .key(command.aggregate_id())
-            .payload(&bytes);
-        match self.producer.send(record, Duration::from_secs(30)).await {
-            Ok(d) => Ok(Delivery {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((source, _)) => Err(SendError::Kafka { topic, source }),
-        }
+        self.produce(topic, command.aggregate_id(), &bytes).await
     }
 }
