@@ -284,7 +284,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  placed                     {:>9}", report.placed);
         println!("  confirmed                  {:>9}", report.confirmed);
         for (reason, n) in &report.cancelled {
-            println!("  cancelled ({reason:<14}) {n:>9}");
+            let what = format!("cancelled ({reason})");
+            println!("  {what:<27}{n:>9}");
         }
         let ended = timing.latencies_ms.len();
         let rate = if timing.span_ms > 0 {
