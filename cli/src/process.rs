@@ -40,6 +40,10 @@ pub struct Args {
     /// Where to serve /metrics and /health.
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics_listen: SocketAddr,
+    /// Put before every topic name and application id, to run a pipeline of its own beside
+    /// another on one cluster (a test, a tenant).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
 }
 
 /// The apps named by `--app`, each once, in the order given; an unknown name is an error naming it.
@@ -67,6 +71,7 @@ fn apps(names: &[String]) -> anyhow::Result<Vec<DomainApp>> {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let apps = apps(&args.app)?;
     let mut cfg = DomainConfig::from_env();
+    cfg.topics = tributary_processors::Topics::new(&args.topic_prefix);
     cfg.brokers = args.brokers.clone();
     cfg.registry_url = args.registry.clone();
     if let Some(dir) = &args.state_dir {

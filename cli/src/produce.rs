@@ -22,12 +22,15 @@ pub struct Conn {
     /// Schema registry URL.
     #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
     registry: String,
+    /// Put before every topic name (a pipeline started with the same `--topic-prefix`).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
 }
 
 impl Conn {
     fn sender(&self) -> anyhow::Result<Arc<CommandSender>> {
         let codec = Arc::new(Codec::new(&self.registry));
-        let sender = CommandSender::new(&self.brokers, codec, "")
+        let sender = CommandSender::new(&self.brokers, codec, &self.topic_prefix)
             .with_context(|| format!("creating a producer for {}", self.brokers))?;
         Ok(Arc::new(sender))
     }

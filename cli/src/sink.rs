@@ -15,7 +15,7 @@ use tributary_schemas::Codec;
 use tributary_sinks::change::ViewWriter;
 use tributary_sinks::growth;
 use tributary_sinks::metrics::Metrics;
-use tributary_sinks::runner::{Projection, Sink, SinkConfig};
+use tributary_sinks::runner::{Projection, Sink, SinkConfig, SourceTopic};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Store {
@@ -55,6 +55,10 @@ pub struct Args {
     /// Prefix of the Elasticsearch indices and aliases.
     #[arg(long, default_value = "tributary-")]
     index_prefix: String,
+    /// Put before every topic name and the default group (a pipeline started with the same
+    /// `--topic-prefix`).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
     /// Seconds between samples of the views' growth (entities and bytes per view).
     #[arg(long, default_value_t = 30)]
     growth_interval_secs: u64,
@@ -182,6 +186,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     let mut config = SinkConfig::new(store);
     config.brokers = args.brokers.clone();
+    if !args.topic_prefix.is_empty() {
+        config.group_id = format!("{}{}", args.topic_prefix, config.group_id);
+        config.sources = projection
+            .streams()
+            .iter()
+            .map(|&stream| SourceTopic {
+                topic: format!("{}{}", args.topic_prefix, stream.topic()),
+                stream,
+            })
+            .collect();
+    }
     if let Some(group) = &args.group {
         config.group_id = group.clone();
     }

@@ -15,6 +15,9 @@ pub struct Args {
     /// Partitions of each topic: the most consumer-group members that can share its work.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
+    /// Put before every topic name (a pipeline started with the same `--topic-prefix`).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
 }
 
 pub async fn create(args: Args) -> anyhow::Result<ExitCode> {
@@ -27,8 +30,9 @@ pub async fn create(args: Args) -> anyhow::Result<ExitCode> {
         partitions: args.partitions,
         compacted: false,
     };
-    for (topic, _) in ALL_TOPICS {
-        ensure_topic(&args.brokers, topic, spec)
+    for (base, _) in ALL_TOPICS {
+        let topic = format!("{}{base}", args.topic_prefix);
+        ensure_topic(&args.brokers, &topic, spec)
             .await
             .with_context(|| format!("creating topic {topic} at {}", args.brokers))?;
         println!("{topic:<24} {} partitions", args.partitions);

@@ -69,25 +69,29 @@ check "the local stack answers (make up)" stack_up || abort
 ports_free() { for p in "$p_proc" "$p_sink" "$p_prom"; do answers "$p" && { echo "  port $p is taken"; return 1; }; done; return 0; }
 check "the test's ports $p_proc $p_sink $p_prom are free" ports_free || abort
 
-"$bin" topics create >"$tmp/setup.log" 2>&1 && "$bin" schemas register --dir "$root/schemas/avro" >>"$tmp/setup.log" 2>&1 ||
+# A pipeline of the test's own (topics, consumer groups, application ids, changelogs), so that what
+# other runs left on the broker (a demo's state, say) neither slows nor changes this one.
+prefix="promtest-$(date +%s)-$$."
+"$bin" topics create --topic-prefix "$prefix" >"$tmp/setup.log" 2>&1 &&
+  "$bin" schemas register --dir "$root/schemas/avro" >>"$tmp/setup.log" 2>&1 ||
   { failed=$((failed + 1)); echo "FAIL topics create / schemas register"; abort "$tmp/setup.log"; }
 
 # 1. The processes, then the workload.
-"$bin" process --app all --state-dir "$tmp/state" --metrics-listen "127.0.0.1:$p_proc" \
+"$bin" process --app all --topic-prefix "$prefix" --state-dir "$tmp/state" --metrics-listen "127.0.0.1:$p_proc" \
   >"$tmp/process.log" 2>&1 </dev/null &
 proc_pid=$!; started $proc_pid
-"$bin" sink --store postgres --metrics-listen "127.0.0.1:$p_sink" >"$tmp/sink.log" 2>&1 </dev/null &
+"$bin" sink --store postgres --topic-prefix "$prefix" --metrics-listen "127.0.0.1:$p_sink" >"$tmp/sink.log" 2>&1 </dev/null &
 sink_pid=$!; started $sink_pid
 check "the processors serve /health" serves "$proc_pid" "$p_proc" || abort "$tmp/process.log"
 check "the postgres sink serves /health" serves "$sink_pid" "$p_sink" || abort "$tmp/sink.log"
 check "loadgen sends a seeded workload (200 orders)" \
-  bash -c "'$bin' loadgen --seed 7 --users 50 --products 20 --orders 200 >'$tmp/loadgen.log' 2>&1" ||
+  bash -c "'$bin' loadgen --topic-prefix '$prefix' --seed 7 --users 50 --products 20 --orders 200 >'$tmp/loadgen.log' 2>&1" ||
   abort "$tmp/loadgen.log"
 # The seeded workload's ids are the same on every run, so a rerun only repeats what the views hold
 # already; one user of this run's own makes sure the sink writes (and sets its freshness) each time.
 user="user-promtest-$(date +%s)-$$"
 check "a user of this run's own is registered ($user)" \
-  bash -c "'$bin' produce commands.users '{\"payload\": {\"RegisterUser\": {\"user_id\": \"$user\",
+  bash -c "'$bin' produce --topic-prefix '$prefix' commands.users '{\"payload\": {\"RegisterUser\": {\"user_id\": \"$user\",
     \"email\": \"$user@example.com\", \"display_name\": \"Prometheus test\", \"locale\": null}}}' >>'$tmp/loadgen.log' 2>&1" ||
   abort "$tmp/loadgen.log"
 
@@ -127,7 +131,7 @@ has() { [ "$(count_of "$1" "$2")" -gt 0 ]; }
 declare -a what=(
   "both targets are up|query|count(up{job=~\"tributary-.*\"} == 1) == 2"
   "consumer lag: tributary_streams_consumer_lag per app/topic/partition|series|tributary_streams_consumer_lag"
-  "consumer lag covers the saga's inputs (app tributary-orders)|series|tributary_streams_consumer_lag{app=\"tributary-orders\"}"
+  "consumer lag covers the saga's inputs (app tributary-orders)|series|tributary_streams_consumer_lag{app=\"${prefix}tributary-orders\"}"
   "throughput: tributary_streams_records_in_total > 0|query|sum(tributary_streams_records_in_total) > 0"
   "throughput: tributary_streams_records_out_total|series|tributary_streams_records_out_total"
   "throughput: tributary_sink_records_written_total + stale > 0 (sink postgres)|query|sum(tributary_sink_records_written_total{sink=\"postgres\"}) + sum(tributary_sink_records_stale_total{sink=\"postgres\"}) > 0"
