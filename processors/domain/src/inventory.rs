@@ -360,7 +360,7 @@ impl InventoryProcessor {
         env: &Envelope<InventoryCommand>,
         c: &ReleaseStock,
     ) -> Result<()> {
-        let Some(mut r) = load::<Reservation>(ctx, RESERVATIONS, &c.order_id)? else {
+        let Some(r) = load::<Reservation>(ctx, RESERVATIONS, &c.order_id)? else {
             let r = Reservation {
                 order_id: c.order_id.clone(),
                 items: BTreeMap::new(),
@@ -373,23 +373,48 @@ impl InventoryProcessor {
             // Nothing held (failed, or already released or sold): releasing is a no-op.
             return Ok(());
         }
+        let reason = c.reason;
+        self.settle(
+            ctx,
+            env,
+            r,
+            ReservationStatus::Released,
+            |p, qty| p.available += qty,
+            |r| {
+                StockReleased {
+                    order_id: r.order_id.clone(),
+                    released_items: items(&r.items),
+                    reason,
+                }
+                .into()
+            },
+        )
+    }
+
+    /// Ends a held reservation: each line's units leave `reserved` for where `to` puts them,
+    /// the reservation takes `status`, then the reservation's event and each product's new
+    /// level are emitted.
+    fn settle(
+        &self,
+        ctx: &mut Context<'_>,
+        env: &Envelope<InventoryCommand>,
+        mut r: Reservation,
+        status: ReservationStatus,
+        to: fn(&mut Product, i64),
+        event: impl FnOnce(&Reservation) -> InventoryEvent,
+    ) -> Result<()> {
         let mut products = Vec::new();
         for (product_id, &qty) in &r.items {
             if let Some(mut p) = load::<Product>(ctx, PRODUCTS, product_id)? {
                 p.reserved -= qty;
-                p.available += qty;
+                to(&mut p, qty);
                 products.push(p);
             }
         }
-        r.status = ReservationStatus::Released;
+        r.status = status;
         r.sequence += 1;
         save(ctx, RESERVATIONS, &r.order_id, &r)?;
-        let event = StockReleased {
-            order_id: r.order_id.clone(),
-            released_items: items(&r.items),
-            reason: c.reason,
-        };
-        self.emit(ctx, env, &r.order_id, r.sequence, event)?;
+        self.emit(ctx, env, &r.order_id, r.sequence, event(&r))?;
         for p in &mut products {
             self.stock_changed(ctx, env, p)?;
         }
@@ -402,7 +427,7 @@ impl InventoryProcessor {
         env: &Envelope<InventoryCommand>,
         c: &CommitStock,
     ) -> Result<()> {
-        let Some(mut r) = load::<Reservation>(ctx, RESERVATIONS, &c.order_id)? else {
+        let Some(r) = load::<Reservation>(ctx, RESERVATIONS, &c.order_id)? else {
             let msg = format!("order `{}` holds no reservation", c.order_id);
             return self.reject(ctx, env, RejectionReason::NotFound, msg);
         };
@@ -416,26 +441,20 @@ impl InventoryProcessor {
             );
             return self.reject(ctx, env, RejectionReason::InvalidState, msg);
         }
-        let mut products = Vec::new();
-        for (product_id, &qty) in &r.items {
-            if let Some(mut p) = load::<Product>(ctx, PRODUCTS, product_id)? {
-                p.reserved -= qty;
-                p.sold += qty;
-                products.push(p);
-            }
-        }
-        r.status = ReservationStatus::Committed;
-        r.sequence += 1;
-        save(ctx, RESERVATIONS, &r.order_id, &r)?;
-        let event = StockCommitted {
-            order_id: r.order_id.clone(),
-            committed_items: items(&r.items),
-        };
-        self.emit(ctx, env, &r.order_id, r.sequence, event)?;
-        for p in &mut products {
-            self.stock_changed(ctx, env, p)?;
-        }
-        Ok(())
+        self.settle(
+            ctx,
+            env,
+            r,
+            ReservationStatus::Committed,
+            |p, qty| p.sold += qty,
+            |r| {
+                StockCommitted {
+                    order_id: r.order_id.clone(),
+                    committed_items: items(&r.items),
+                }
+                .into()
+            },
+        )
     }
 }
 
