@@ -42,6 +42,12 @@ pub struct DomainConfig {
     pub create_topics: bool,
     /// The analytics' windows (by event time).
     pub analytics_windows: Windows,
+    /// How long a processed command or event id is remembered (duplicates arriving later are
+    /// processed again).
+    pub dedupe_retention: Duration,
+    /// How long a finished order's saga state stays in the saga's store after its last change
+    /// (a PlaceOrder reusing the id after that is a new order). Must exceed the saga timeout.
+    pub saga_retention: Duration,
 }
 
 impl DomainConfig {
@@ -58,6 +64,8 @@ impl DomainConfig {
             commit_interval: Duration::from_millis(100),
             create_topics: true,
             analytics_windows: Windows::tumbling(60_000, 5_000),
+            dedupe_retention: Duration::from_secs(7 * 24 * 3600),
+            saga_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -152,7 +160,13 @@ impl DomainApp {
             b = b.input(t);
         }
         for s in self.stores() {
-            b = b.store(s);
+            b = match s {
+                crate::common::SEEN => b.store_with_retention(s, cfg.dedupe_retention),
+                crate::saga::ORDERS if self == DomainApp::Orders => {
+                    b.store_with_retention(s, cfg.saga_retention.max(cfg.saga_timeout * 2))
+                }
+                _ => b.store(s),
+            };
         }
         let b = match self {
             DomainApp::Analytics => {

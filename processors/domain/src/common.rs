@@ -190,14 +190,6 @@ pub(crate) fn first_time(ctx: &mut Context<'_>, id: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// A count kept as i64 in state, as the i32 the schemas carry. Stock never comes near the i32
 /// range in practice; saturating keeps a pathological count from wrapping negative.
 pub(crate) fn to_i32(n: i64) -> i32 {

@@ -34,6 +34,10 @@ pub enum Error {
     UnknownStore(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// The processor panicked on the record (or timer); the record goes to the dead-letter topic
+    /// with class `panic` and the app goes on.
+    #[error("processor panicked: {0}")]
+    Panic(String),
     /// A changelog record the engine cannot read: the topic holds something it did not write.
     #[error("changelog `{topic}` partition {partition} offset {offset}: {message}")]
     CorruptChangelog {
@@ -77,6 +81,7 @@ impl Error {
             | Error::Io { .. }
             | Error::UnknownStore(_)
             | Error::Config(_)
+            | Error::Panic(_)
             | Error::CorruptChangelog { .. } => false,
         }
     }
@@ -91,6 +96,7 @@ impl Error {
             Error::Store { .. } | Error::Io { .. } => "store",
             Error::UnknownStore(_) | Error::Config(_) => "config",
             Error::CorruptChangelog { .. } => "changelog",
+            Error::Panic(_) => crate::dlq::PANIC_CLASS,
         }
     }
 }

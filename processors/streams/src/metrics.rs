@@ -13,7 +13,43 @@ pub struct Metrics {
     pub process_duration: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub restore_records: IntCounterVec,
+    /// Changelog records still to read, per store being restored (0 once restored).
+    pub restore_remaining: IntGaugeVec,
     pub commits: IntCounterVec,
+    /// Commit time by phase: `produce` (outputs and changelog acknowledged), `marker` (the
+    /// commit point), `store` (local copy), `offsets` (group offsets, asynchronous).
+    pub commit_duration: HistogramVec,
+    pub records_per_commit: HistogramVec,
+    /// Per-record processing time.
+    pub record_duration: HistogramVec,
+    /// Retries of records that failed with a retriable error.
+    pub retries: IntCounterVec,
+    /// How long the task's current record has been retrying (0 when none is).
+    pub retrying_seconds: IntGaugeVec,
+    /// Records seen again below the committed position (after a crash between the commit
+    /// point and the group's offset commit) and skipped.
+    pub skipped: IntCounterVec,
+    /// Local stores found not to match their changelog (topic recreated or truncated), wiped
+    /// and restored from scratch.
+    pub stale_stores: IntCounterVec,
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).map_err(prom)?;
+    registry.register(Box::new(h.clone())).map_err(prom)?;
+    Ok(h)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).map_err(prom)?;
+    registry.register(Box::new(g.clone())).map_err(prom)?;
+    Ok(g)
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -78,11 +114,62 @@ impl Metrics {
                 "Changelog records read to restore state stores.",
                 &["app", "store"],
             )?,
+            restore_remaining: gauge(
+                registry,
+                "tributary_streams_restore_remaining_records",
+                "Changelog records still to read to restore a store (0 once restored).",
+                &["app", "store"],
+            )?,
             commits: counter(
                 registry,
                 "tributary_streams_commits_total",
-                "Commits of a batch, by outcome: ok, error (at-least-once offset commit failed), aborted (transaction).",
+                "Commits of a batch, by outcome: ok, aborted (a write or the commit point failed; the batch is read again).",
                 &["app", "outcome"],
+            )?,
+            commit_duration: histogram(
+                registry,
+                "tributary_streams_commit_duration_seconds",
+                "Time of one commit, by phase: produce, marker, store, offsets.",
+                &["app", "phase"],
+                prometheus::exponential_buckets(0.0002, 3.0, 10).map_err(prom)?,
+            )?,
+            records_per_commit: histogram(
+                registry,
+                "tributary_streams_commit_size_records",
+                "Input records per commit.",
+                &["app"],
+                prometheus::exponential_buckets(1.0, 4.0, 8).map_err(prom)?,
+            )?,
+            record_duration: histogram(
+                registry,
+                "tributary_streams_record_duration_seconds",
+                "Time the processor took for one record.",
+                &["app"],
+                prometheus::exponential_buckets(0.00001, 4.0, 10).map_err(prom)?,
+            )?,
+            retries: counter(
+                registry,
+                "tributary_streams_retries_total",
+                "Retries of records that failed with a retriable error.",
+                &["app"],
+            )?,
+            retrying_seconds: gauge(
+                registry,
+                "tributary_streams_task_retrying_seconds",
+                "How long the task's current record has been retrying; 0 when none is.",
+                &["app", "task"],
+            )?,
+            skipped: counter(
+                registry,
+                "tributary_streams_skipped_records_total",
+                "Records read again below the committed position and skipped.",
+                &["app"],
+            )?,
+            stale_stores: counter(
+                registry,
+                "tributary_streams_stale_stores_total",
+                "Local stores that did not match their changelog, wiped and restored from scratch.",
+                &["app", "store"],
             )?,
         })
     }
@@ -93,7 +180,7 @@ mod tests {
     use super::*;
 
     /// Names follow `<namespace>_<name>_<unit>[_total]`: counters end in `_total`, durations are
-    /// `_seconds` histograms, and every series carries the `app` label.
+    /// `_seconds` histograms (sizes `_records`), and every series carries the `app` label.
     #[test]
     fn names_follow_the_conventions() {
         let registry = Registry::new();
@@ -107,8 +194,16 @@ mod tests {
         m.consumer_lag.with_label_values(&["a", "t", "0"]).set(3);
         m.restore_records.with_label_values(&["a", "s"]).inc();
         m.commits.with_label_values(&["a", "ok"]).inc();
+        m.restore_remaining.with_label_values(&["a", "s"]).set(0);
+        m.commit_duration.with_label_values(&["a", "produce"]).observe(0.1);
+        m.records_per_commit.with_label_values(&["a"]).observe(3.0);
+        m.record_duration.with_label_values(&["a"]).observe(0.1);
+        m.retries.with_label_values(&["a"]).inc();
+        m.retrying_seconds.with_label_values(&["a", "0"]).set(0);
+        m.skipped.with_label_values(&["a"]).inc();
+        m.stale_stores.with_label_values(&["a", "s"]).inc();
         let families = registry.gather();
-        assert_eq!(families.len(), 7);
+        assert_eq!(families.len(), 15);
         for f in &families {
             let name = f.name();
             assert!(name.starts_with("tributary_streams_"), "{name}");
@@ -117,7 +212,7 @@ mod tests {
                     assert!(name.ends_with("_total"), "{name}")
                 }
                 prometheus::proto::MetricType::HISTOGRAM => {
-                    assert!(name.ends_with("_seconds"), "{name}")
+                    assert!(name.ends_with("_seconds") || name.ends_with("_records"), "{name}")
                 }
                 _ => assert!(!name.ends_with("_total"), "{name}"),
             }

@@ -2,13 +2,62 @@
 
 use std::collections::HashMap;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::record::{Output, Position, Record};
 use crate::store::KvStore;
 
 /// The store that keeps each task's timer schedule, so that timers survive restarts and move
 /// with the task. The leading underscore keeps it apart from processors' own store names.
+///
+/// Two keys per timer, written in the same record so they are committed together:
+/// `n/<name>` → kind and due time (to move or cancel a timer by name), and
+/// `d/<kind><due, sortable><name>` → empty (so a loop reads only the due timers, in due order,
+/// however many are scheduled).
 pub(crate) const TIMERS_STORE: &str = "_timers";
+const BY_NAME: &[u8] = b"n/";
+const BY_DUE: &[u8] = b"d/";
+
+fn kind_byte(kind: TimeKind) -> u8 {
+    match kind {
+        TimeKind::WallClock => 0,
+        TimeKind::StreamTime => 1,
+    }
+}
+
+/// `d/<kind><due><name>`; the due time is offset so that byte order is numeric order.
+pub(crate) fn due_key(kind: TimeKind, due_ms: i64, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(11 + name.len());
+    k.extend_from_slice(BY_DUE);
+    k.push(kind_byte(kind));
+    k.extend_from_slice(&((due_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+/// The range of due keys of `kind` due at or before `now`: `[start, end)`.
+pub(crate) fn due_range(kind: TimeKind, now: i64) -> (Vec<u8>, Vec<u8>) {
+    let start = due_key(kind, i64::MIN, b"");
+    let end = if now == i64::MAX {
+        let mut e = BY_DUE.to_vec();
+        e.push(kind_byte(kind) + 1);
+        e
+    } else {
+        due_key(kind, now + 1, b"")
+    };
+    (start, end)
+}
+
+/// The timer name inside a due key.
+pub(crate) fn name_of_due_key(key: &[u8]) -> Option<&[u8]> {
+    key.get(BY_DUE.len() + 9..)
+}
+
+fn name_key(name: &[u8]) -> Vec<u8> {
+    let mut k = BY_NAME.to_vec();
+    k.extend_from_slice(name);
+    k
+}
 
 /// Which clock a timer follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +135,7 @@ pub struct Context<'a> {
     pub(crate) outputs: &'a mut Vec<Output>,
     pub(crate) position: Option<Position>,
     pub(crate) stream_time: i64,
+    pub(crate) clock: &'a dyn Clock,
 }
 
 impl Context<'_> {
@@ -107,6 +157,18 @@ impl Context<'_> {
         self.stream_time
     }
 
+    /// The runtime's wall clock (ms since the epoch). Use it instead of the system clock, so
+    /// that the test driver can move time.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn store_ref(&self, store: &str) -> Result<&KvStore> {
+        self.stores
+            .get(store)
+            .ok_or_else(|| Error::UnknownStore(store.to_string()))
+    }
+
     fn store_mut(&mut self, store: &str) -> Result<&mut KvStore> {
         self.stores
             .get_mut(store)
@@ -114,45 +176,39 @@ impl Context<'_> {
     }
 
     pub fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.stores
-            .get(store)
-            .ok_or_else(|| Error::UnknownStore(store.to_string()))?
-            .get(key)
+        self.store_ref(store)?.get(key)
     }
 
-    /// Writes `value`. When the current record is a redelivery whose effect the store already
-    /// holds (after a crash under at-least-once), the write is skipped; see `store`.
+    /// Writes `value`. The write becomes visible to later records at once and durable with the
+    /// batch's commit, atomically with every other write, output and input offset of the batch.
     pub fn put(&mut self, store: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        let pos = self.position.clone();
-        self.store_mut(store)?.put(key, value, pos.as_ref())?;
+        let now = self.clock.now_ms();
+        self.store_mut(store)?.put(key, value, now);
         Ok(())
-    }
-
-    /// Whether `key` of `store` already holds the effect of the current record, i.e. the record
-    /// is a redelivery after a crash (at-least-once) and its writes reached the changelog before.
-    /// `put` skips such writes by itself; a processor whose outputs derive from state checks
-    /// this to re-emit the current state instead of computing a new one from it.
-    pub fn already_applied(&self, store: &str, key: &[u8]) -> Result<bool> {
-        let Some(pos) = &self.position else {
-            return Ok(false);
-        };
-        self.stores
-            .get(store)
-            .ok_or_else(|| Error::UnknownStore(store.to_string()))?
-            .applied(key, pos)
     }
 
     pub fn delete(&mut self, store: &str, key: &[u8]) -> Result<()> {
-        self.store_mut(store)?.delete(key);
+        let now = self.clock.now_ms();
+        self.store_mut(store)?.delete(key, now);
         Ok(())
     }
 
-    /// Every key and value of `store`, in key order.
+    /// Every key and value of `store`, in key order. Reads the whole store: prefer
+    /// [`range`](Self::range) on large ones.
     pub fn scan(&self, store: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.stores
-            .get(store)
-            .ok_or_else(|| Error::UnknownStore(store.to_string()))?
-            .scan()
+        self.store_ref(store)?.scan()
+    }
+
+    /// Keys and values with `start <= key < end` (`end` `None`: to the last key), in key
+    /// order, at most `limit`.
+    pub fn range(
+        &self,
+        store: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.store_ref(store)?.range(start, end, limit)
     }
 
     /// Sends a record to `topic`; it is produced at the next commit, before input offsets are.
@@ -178,27 +234,46 @@ impl Context<'_> {
     /// Schedules (or moves) the timer `name` of this task to fire at `due_ms` on `kind`'s clock.
     /// The schedule is kept in a changelogged store, so it survives restarts and rebalances.
     pub fn schedule(&mut self, name: &str, kind: TimeKind, due_ms: i64) -> Result<()> {
-        // Timers are not replay-guarded: scheduling is idempotent by name.
-        self.store_mut(TIMERS_STORE)?
-            .put(name.as_bytes(), &Timer::encode(kind, due_ms), None)?;
+        self.cancel(name)?;
+        let now = self.clock.now_ms();
+        let timers = self.store_mut(TIMERS_STORE)?;
+        timers.put(&name_key(name.as_bytes()), &Timer::encode(kind, due_ms), now);
+        timers.put(&due_key(kind, due_ms, name.as_bytes()), &[], now);
         Ok(())
     }
 
+    /// Removes the timer `name`, if scheduled.
     pub fn cancel(&mut self, name: &str) -> Result<()> {
-        self.store_mut(TIMERS_STORE)?.delete(name.as_bytes());
+        let now = self.clock.now_ms();
+        let nk = name_key(name.as_bytes());
+        let timers = self.store_mut(TIMERS_STORE)?;
+        if let Some(v) = timers.get(&nk)? {
+            if let Some(t) = Timer::decode(name.as_bytes(), &v) {
+                timers.delete(&due_key(t.kind, t.due_ms, name.as_bytes()), now);
+            }
+            timers.delete(&nk, now);
+        }
         Ok(())
+    }
+
+    /// The timer `name`, if scheduled.
+    pub fn timer(&self, name: &str) -> Result<Option<Timer>> {
+        Ok(self
+            .store_ref(TIMERS_STORE)?
+            .get(&name_key(name.as_bytes()))?
+            .and_then(|v| Timer::decode(name.as_bytes(), &v)))
     }
 
     /// The timers of this task, pending ones included.
     pub fn timers(&self) -> Result<Vec<Timer>> {
+        let mut end = BY_NAME.to_vec();
+        *end.last_mut().expect("non-empty") += 1;
         let all = self
-            .stores
-            .get(TIMERS_STORE)
-            .ok_or_else(|| Error::UnknownStore(TIMERS_STORE.to_string()))?
-            .scan()?;
+            .store_ref(TIMERS_STORE)?
+            .range(BY_NAME, Some(&end), usize::MAX)?;
         Ok(all
             .iter()
-            .filter_map(|(k, v)| Timer::decode(k, v))
+            .filter_map(|(k, v)| Timer::decode(&k[BY_NAME.len()..], v))
             .collect())
     }
 }

@@ -1,122 +1,240 @@
-//! Key-value state stores: one redb file per task and store, every write also in the changelog.
+//! Key-value state stores: one redb file per task and store, every committed write also in the
+//! store's compacted changelog.
 //!
 //! A store has three layers, read top-down:
 //!
 //! - `staged`: writes of the record being processed. Dropped if the record fails, so a retried or
 //!   dead-lettered record leaves no trace.
-//! - `batch`: writes of the records processed since the last commit. At commit they are produced
-//!   to the changelog (only the last value per key: the changelog is compacted anyway) and, once
-//!   the broker acknowledged them, written to redb in one transaction together with the changelog
-//!   offset they reached (the checkpoint). Keeping the checkpoint inside the same redb
-//!   transaction, rather than in a side file, means the local copy and its checkpoint can never
-//!   disagree, whatever moment the process dies at.
-//! - redb: the durable local copy.
+//! - `batch`: writes of the records processed since the last commit, one value per key (the
+//!   record cache: ten writes to one key in a commit cost one changelog record).
+//! - redb: the local copy of the **committed** state only. A batch reaches redb after the commit
+//!   point (see `commit.rs`), together with the changelog offset it reached (the checkpoint), in
+//!   one redb transaction, so the local copy and its checkpoint never disagree. redb commits are
+//!   not fsynced per batch: the changelog is the durable copy, and a local copy that loses its
+//!   tail in a power cut rolls back with its checkpoint and reads a longer tail on restore.
 //!
-//! Every stored value carries the position (topic, partition, offset) of the input record that
-//! wrote it. Under at-least-once a record can be processed again after a crash (its offset was
-//! not committed) even though its writes already reached the changelog. A `put` whose key already
-//! carries a position at or past the current record's, on the same input partition, is therefore
-//! skipped: the value already includes this record's effect. That makes read-modify-write
-//! processors (counts, balances) exact across crashes without any work on their side.
+//! # Changelog entries
+//!
+//! A changelog record's value is an [`Entry`]: the writing batch's sequence number, the wall-clock
+//! time of the write, the key's value **before** the batch (`prev`), and its new value (or a
+//! deletion). The sequence number and `prev` are what make a batch atomic across keys and stores
+//! without broker transactions: the commit point of batch `n` of a task is the consumer-group
+//! offset commit that carries `n` in its metadata. On restore, an entry whose batch is past the
+//! committed one was never committed, so the key gets its `prev` back (see `restore.rs`). A Kafka
+//! tombstone (null value) is only ever written for a deletion that is already committed, so
+//! compaction may drop it and the key with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTableMetadata, TableDefinition};
 
 use crate::error::{Error, Result};
-use crate::record::Position;
 
+/// Local data: key → `written_ms` (8 bytes, big-endian) + value.
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+/// Retention index: `written_ms` (big-endian, so byte order is time order) + key → ().
+const BY_TIME: TableDefinition<&[u8], ()> = TableDefinition::new("by_time");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const CHECKPOINT: &str = "changelog_offset";
 
-/// Encoding of a stored value (local and in the changelog): version byte, then an optional
-/// position tag, then the processor's bytes.
+/// Version byte of a v1 entry (position-tagged values of earlier releases): read as committed.
 const ENTRY_V1: u8 = 1;
+const ENTRY_V2: u8 = 2;
+const FLAG_PREV: u8 = 1;
+const FLAG_DELETED: u8 = 2;
 
-pub(crate) fn encode_entry(pos: Option<&Position>, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len() + 32);
-    out.push(ENTRY_V1);
-    match pos {
-        Some(p) => {
-            out.push(1);
-            let t = p.topic.as_bytes();
-            // Topic names are at most 249 bytes, so u16 always fits.
-            out.extend_from_slice(&(t.len() as u16).to_be_bytes());
-            out.extend_from_slice(t);
-            out.extend_from_slice(&p.partition.to_be_bytes());
-            out.extend_from_slice(&p.offset.to_be_bytes());
-        }
-        None => out.push(0),
-    }
-    out.extend_from_slice(value);
-    out
+/// One changelog record's value, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The batch that wrote it; 0 for entries of the v1 format (always committed).
+    pub seq: u64,
+    pub written_ms: i64,
+    /// The key's committed value before the batch, `None` when the key was absent.
+    pub prev: Option<Vec<u8>>,
+    /// The new value, `None` for a deletion.
+    pub value: Option<Vec<u8>>,
 }
 
-/// Splits an entry into its position tag and value; `None` when the bytes are not an entry.
-pub(crate) fn decode_entry(bytes: &[u8]) -> Option<(Option<Position>, &[u8])> {
-    let (&version, rest) = bytes.split_first()?;
-    if version != ENTRY_V1 {
-        return None;
+impl Entry {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let prev_len = self.prev.as_ref().map_or(0, |p| p.len() + 4);
+        let value_len = self.value.as_ref().map_or(0, Vec::len);
+        let mut out = Vec::with_capacity(18 + prev_len + value_len);
+        out.push(ENTRY_V2);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.written_ms.to_be_bytes());
+        let mut flags = 0;
+        if self.prev.is_some() {
+            flags |= FLAG_PREV;
+        }
+        if self.value.is_none() {
+            flags |= FLAG_DELETED;
+        }
+        out.push(flags);
+        if let Some(p) = &self.prev {
+            // Values are bounded by the broker's message size, far below u32::MAX.
+            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        if let Some(v) = &self.value {
+            out.extend_from_slice(v);
+        }
+        out
     }
+
+    /// `None` when the bytes are not an entry this runtime wrote.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Entry> {
+        let (&version, rest) = bytes.split_first()?;
+        match version {
+            ENTRY_V1 => decode_v1(rest),
+            ENTRY_V2 => {
+                let seq = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+                let written_ms = i64::from_be_bytes(rest.get(8..16)?.try_into().ok()?);
+                let flags = *rest.get(16)?;
+                if flags & !(FLAG_PREV | FLAG_DELETED) != 0 {
+                    return None;
+                }
+                let mut rest = rest.get(17..)?;
+                let prev = if flags & FLAG_PREV != 0 {
+                    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                    let p = rest.get(4..4 + len)?.to_vec();
+                    rest = rest.get(4 + len..)?;
+                    Some(p)
+                } else {
+                    None
+                };
+                let value = if flags & FLAG_DELETED != 0 {
+                    if !rest.is_empty() {
+                        return None;
+                    }
+                    None
+                } else {
+                    Some(rest.to_vec())
+                };
+                Some(Entry {
+                    seq,
+                    written_ms,
+                    prev,
+                    value,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// v1: `[1][has_pos][pos: topic len u16, topic, partition i32, offset i64][value]`.
+fn decode_v1(rest: &[u8]) -> Option<Entry> {
     let (&has_pos, rest) = rest.split_first()?;
-    match has_pos {
-        0 => Some((None, rest)),
+    let value = match has_pos {
+        0 => rest,
         1 => {
             let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-            let rest = rest.get(2..)?;
-            let topic = std::str::from_utf8(rest.get(..len)?).ok()?.to_string();
-            let rest = rest.get(len..)?;
-            let partition = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-            let offset = i64::from_be_bytes(rest.get(4..12)?.try_into().ok()?);
-            Some((
-                Some(Position {
-                    topic,
-                    partition,
-                    offset,
-                }),
-                rest.get(12..)?,
-            ))
+            std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+            rest.get(2 + len + 12..)?
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Entry {
+        seq: 0,
+        written_ms: 0,
+        prev: None,
+        value: Some(value.to_vec()),
+    })
+}
+
+fn local_value(written_ms: i64, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&written_ms.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn split_local(bytes: &[u8]) -> Option<(i64, &[u8])> {
+    let ts = i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    Some((ts, &bytes[8..]))
+}
+
+fn time_key(written_ms: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    // Offset by i64::MIN so that byte order is numeric order for negative times too.
+    k.extend_from_slice(&((written_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// A pending write: the new value (or deletion) and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Write {
+    pub value: Option<Vec<u8>>,
+    pub written_ms: i64,
+}
+
+/// What the commit sends to the changelog for one key.
+pub(crate) struct ChangelogRecord {
+    pub key: Vec<u8>,
+    /// `None`: a Kafka tombstone for a deletion already committed.
+    pub value: Option<Vec<u8>>,
 }
 
 /// One store of one task.
 pub(crate) struct KvStore {
     pub(crate) name: String,
     pub(crate) changelog: String,
+    /// Entries older than this (by write time) are deleted by [`KvStore::expired`]'s caller.
+    pub(crate) retention_ms: Option<i64>,
     path: PathBuf,
     db: Database,
-    batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    batch: BTreeMap<Vec<u8>, Write>,
+    staged: BTreeMap<Vec<u8>, Write>,
+    /// Keys written by batches that never reached their commit point (a failed commit, or the
+    /// tail of a crashed run found at restore). The changelog holds values for them that are not
+    /// the committed ones, so the next commit writes their committed value again.
+    dirty: BTreeSet<Vec<u8>>,
+    /// Committed deletions not yet followed by a Kafka tombstone.
+    tombstones: BTreeSet<Vec<u8>>,
 }
 
 impl KvStore {
     /// Opens (or creates) the store's file under `dir`.
-    pub(crate) fn open(dir: &Path, name: &str, changelog: &str) -> Result<KvStore> {
+    pub(crate) fn open(
+        dir: &Path,
+        name: &str,
+        changelog: &str,
+        retention_ms: Option<i64>,
+    ) -> Result<KvStore> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
             source,
         })?;
         let path = dir.join(format!("{name}.redb"));
         let db = Database::create(&path).map_err(|e| Error::store(name, e))?;
-        // Create both tables up front so that reads never meet a missing table.
-        let tx = db.begin_write().map_err(|e| Error::store(name, e))?;
-        {
-            tx.open_table(DATA).map_err(|e| Error::store(name, e))?;
-            tx.open_table(META).map_err(|e| Error::store(name, e))?;
-        }
-        tx.commit().map_err(|e| Error::store(name, e))?;
-        Ok(KvStore {
+        let store = KvStore {
             name: name.to_string(),
             changelog: changelog.to_string(),
+            retention_ms,
             path,
             db,
             batch: BTreeMap::new(),
             staged: BTreeMap::new(),
-        })
+            dirty: BTreeSet::new(),
+            tombstones: BTreeSet::new(),
+        };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    fn create_tables(&self) -> Result<()> {
+        // Create every table up front so that reads never meet a missing table.
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            tx.open_table(DATA).map_err(|e| self.err(e))?;
+            tx.open_table(BY_TIME).map_err(|e| self.err(e))?;
+            tx.open_table(META).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -131,94 +249,142 @@ impl KvStore {
         Ok(v.map(|g| g.value()))
     }
 
+    /// Number of committed keys (local copy).
+    pub(crate) fn len(&self) -> Result<u64> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(DATA).map_err(|e| self.err(e))?;
+        t.len().map_err(|e| self.err(e))
+    }
+
+    /// Empties the local copy (a checkpoint the changelog does not match): the next restore
+    /// reads the whole changelog.
+    pub(crate) fn wipe(&mut self) -> Result<()> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.delete_table(DATA).map_err(|e| self.err(e))?;
+        tx.delete_table(BY_TIME).map_err(|e| self.err(e))?;
+        tx.delete_table(META).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        self.create_tables()?;
+        self.batch.clear();
+        self.staged.clear();
+        self.dirty.clear();
+        self.tombstones.clear();
+        Ok(())
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::store(&self.name, e)
     }
 
-    fn entry_below_staged(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.batch.get(key) {
-            return Ok(v.clone());
-        }
+    /// The committed value of `key` (local copy only).
+    pub(crate) fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(DATA).map_err(|e| self.err(e))?;
         let v = t.get(key).map_err(|e| self.err(e))?;
-        Ok(v.map(|g| g.value().to_vec()))
-    }
-
-    fn entry(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.staged.get(key) {
-            return Ok(v.clone());
-        }
-        self.entry_below_staged(key)
-    }
-
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.entry(key)? {
+        match v {
             None => Ok(None),
-            Some(bytes) => match decode_entry(&bytes) {
+            Some(g) => match split_local(g.value()) {
                 Some((_, v)) => Ok(Some(v.to_vec())),
-                None => Err(self.err(format!("undecodable entry for key {key:?}"))),
+                None => Err(self.err(format!("undecodable local value for key {key:?}"))),
             },
         }
     }
 
-    /// Writes `value` under `key` unless the key already holds the effect of the record at
-    /// `pos` (see the module doc). Returns whether the write happened.
-    pub(crate) fn put(&mut self, key: &[u8], value: &[u8], pos: Option<&Position>) -> Result<bool> {
-        if let Some(p) = pos {
-            if self.applied(key, p)? {
-                tracing::debug!(store = %self.name, record = ?p, "write skipped: already applied");
-                return Ok(false);
-            }
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(w) = self.staged.get(key).or_else(|| self.batch.get(key)) {
+            return Ok(w.value.clone());
         }
-        self.staged
-            .insert(key.to_vec(), Some(encode_entry(pos, value)));
-        Ok(true)
+        self.committed(key)
     }
 
-    /// Whether `key` already holds the effect of the record at `pos`: its value was written by
-    /// that record or a later one of the same input partition.
-    pub(crate) fn applied(&self, key: &[u8], pos: &Position) -> Result<bool> {
-        // Compare with what was there before this record: its own earlier writes (staged)
-        // carry the same position and must not count.
-        if let Some(prev) = self.entry_below_staged(key)? {
-            if let Some((Some(tag), _)) = decode_entry(&prev) {
-                return Ok(tag.topic == pos.topic
-                    && tag.partition == pos.partition
-                    && tag.offset >= pos.offset);
-            }
-        }
-        Ok(false)
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8], now_ms: i64) {
+        self.staged.insert(
+            key.to_vec(),
+            Write {
+                value: Some(value.to_vec()),
+                written_ms: now_ms,
+            },
+        );
     }
 
-    /// Deletes are idempotent, so they need no position tag.
-    pub(crate) fn delete(&mut self, key: &[u8]) {
-        self.staged.insert(key.to_vec(), None);
+    pub(crate) fn delete(&mut self, key: &[u8], now_ms: i64) {
+        self.staged.insert(
+            key.to_vec(),
+            Write {
+                value: None,
+                written_ms: now_ms,
+            },
+        );
+    }
+
+    /// Live keys and values with `start <= key < end` (`end` `None`: to the last key), in key
+    /// order, uncommitted writes included; at most `limit`.
+    pub(crate) fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let upper = match end {
+            Some(e) => Bound::Excluded(e),
+            None => Bound::Unbounded,
+        };
+        let bounds = (Bound::Included(start), upper);
+        // The pending layers shadow the committed one; walk committed keys until enough live
+        // ones are found, counting the pending keys that may replace or delete them.
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for layer in [&self.batch, &self.staged] {
+            for (k, w) in layer.range::<[u8], _>(bounds) {
+                merged.insert(k.clone(), w.value.clone());
+            }
+        }
+        let pending = merged.len();
+        {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(DATA).map_err(|e| self.err(e))?;
+            let mut taken = 0usize;
+            for item in t.range::<&[u8]>(bounds).map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let k = k.value().to_vec();
+                if merged.contains_key(&k) {
+                    continue;
+                }
+                let (_, v) = split_local(v.value())
+                    .ok_or_else(|| self.err(format!("undecodable local value for key {k:?}")))?;
+                merged.insert(k, Some(v.to_vec()));
+                taken += 1;
+                if taken >= limit.saturating_add(pending) {
+                    break;
+                }
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
     }
 
     /// Every live key and value, in key order, including uncommitted writes.
     pub(crate) fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        {
-            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-            let t = tx.open_table(DATA).map_err(|e| self.err(e))?;
-            for item in t.iter().map_err(|e| self.err(e))? {
-                let (k, v) = item.map_err(|e| self.err(e))?;
-                merged.insert(k.value().to_vec(), Some(v.value().to_vec()));
+        self.range(&[], None, usize::MAX)
+    }
+
+    /// Up to `limit` committed keys whose last write is older than `cutoff_ms` and that no
+    /// pending write touches: what a retention sweep deletes.
+    pub(crate) fn expired(&self, cutoff_ms: i64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(BY_TIME).map_err(|e| self.err(e))?;
+        let end = time_key(cutoff_ms, &[]);
+        let mut out = Vec::new();
+        for item in t.range::<&[u8]>(..end.as_slice()).map_err(|e| self.err(e))? {
+            if out.len() >= limit {
+                break;
             }
-        }
-        for layer in [&self.batch, &self.staged] {
-            for (k, v) in layer {
-                merged.insert(k.clone(), v.clone());
-            }
-        }
-        let mut out = Vec::with_capacity(merged.len());
-        for (k, v) in merged {
-            if let Some(bytes) = v {
-                match decode_entry(&bytes) {
-                    Some((_, value)) => out.push((k, value.to_vec())),
-                    None => return Err(self.err(format!("undecodable entry for key {k:?}"))),
-                }
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let key = k.value()[8..].to_vec();
+            if !self.batch.contains_key(&key) && !self.staged.contains_key(&key) {
+                out.push(key);
             }
         }
         Ok(out)
@@ -235,33 +401,92 @@ impl KvStore {
         self.staged.clear();
     }
 
-    /// The batch's writes, to produce to the changelog.
-    pub(crate) fn batch(&self) -> &BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        &self.batch
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.batch.is_empty() || !self.dirty.is_empty() || !self.tombstones.is_empty()
     }
 
-    /// Forgets the batch (its changelog writes failed; the inputs will be read again).
-    pub(crate) fn drop_batch(&mut self) {
-        self.batch.clear();
+    /// What batch `seq` sends to the changelog: every written key with its committed value as
+    /// `prev`; the committed value again for each dirty key the batch does not write; and a
+    /// tombstone for each committed deletion it does not overwrite.
+    pub(crate) fn changelog_records(&self, seq: u64, now_ms: i64) -> Result<Vec<ChangelogRecord>> {
+        let mut out = Vec::with_capacity(self.batch.len() + self.dirty.len());
+        for (k, w) in &self.batch {
+            let entry = Entry {
+                seq,
+                written_ms: w.written_ms,
+                prev: self.committed(k)?,
+                value: w.value.clone(),
+            };
+            out.push(ChangelogRecord {
+                key: k.clone(),
+                value: Some(entry.encode()),
+            });
+        }
+        for k in &self.dirty {
+            if self.batch.contains_key(k) {
+                continue;
+            }
+            let committed = self.committed(k)?;
+            let entry = Entry {
+                seq,
+                written_ms: now_ms,
+                prev: committed.clone(),
+                value: committed,
+            };
+            out.push(ChangelogRecord {
+                key: k.clone(),
+                value: Some(entry.encode()),
+            });
+        }
+        for k in &self.tombstones {
+            if !self.batch.contains_key(k) && !self.dirty.contains(k) {
+                out.push(ChangelogRecord {
+                    key: k.clone(),
+                    value: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The batch reached its commit point: apply it locally with its checkpoint.
+    pub(crate) fn commit_batch(&mut self, changelog_offset: Option<i64>) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        // Tombstones just sent are done; the batch's own deletions need one next time.
+        let sent_tombstones = std::mem::take(&mut self.tombstones);
+        for (k, w) in &batch {
+            if w.value.is_none() {
+                self.tombstones.insert(k.clone());
+            }
+        }
+        let _ = sent_tombstones;
+        let dirty = std::mem::take(&mut self.dirty);
+        // Dirty keys were written back with their committed value: the local copy is unchanged.
+        let _ = dirty;
+        self.apply(
+            batch.iter().map(|(k, w)| (k.as_slice(), w.value.as_deref(), w.written_ms)),
+            changelog_offset,
+            Durability::None,
+        )
+    }
+
+    /// The batch will never be committed (its commit failed): forget it, and remember that the
+    /// changelog may hold its values.
+    pub(crate) fn abort_batch(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        self.dirty.extend(batch.into_keys());
         self.staged.clear();
     }
 
-    /// Writes the batch locally once the changelog holds it up to `changelog_offset`.
-    /// `Eventual` durability is enough: losing the tail of the local copy in a power cut only
-    /// makes the next restore read a longer changelog tail, since the checkpoint rolls back with it.
-    pub(crate) fn write_batch(&mut self, changelog_offset: Option<i64>) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let entries = batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
-        self.apply(entries, changelog_offset, Durability::Eventual)
+    /// Marks `key` as holding an uncommitted value in the changelog (found at restore).
+    pub(crate) fn mark_dirty(&mut self, key: Vec<u8>) {
+        self.dirty.insert(key);
     }
 
     /// Applies changelog records (restore) or a batch in one redb transaction.
     pub(crate) fn apply<'a>(
         &self,
-        entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>, i64)>,
         changelog_offset: Option<i64>,
         durability: Durability,
     ) -> Result<()> {
@@ -269,13 +494,29 @@ impl KvStore {
         tx.set_durability(durability);
         {
             let mut data = tx.open_table(DATA).map_err(|e| self.err(e))?;
-            for (k, v) in entries {
-                match v {
-                    Some(v) => {
-                        data.insert(k, v).map_err(|e| self.err(e))?;
+            let mut by_time = tx.open_table(BY_TIME).map_err(|e| self.err(e))?;
+            let indexed = self.retention_ms.is_some();
+            for (k, v, written_ms) in entries {
+                let old = match v {
+                    Some(v) => data
+                        .insert(k, local_value(written_ms, v).as_slice())
+                        .map_err(|e| self.err(e))?
+                        .map(|g| g.value().to_vec()),
+                    None => data
+                        .remove(k)
+                        .map_err(|e| self.err(e))?
+                        .map(|g| g.value().to_vec()),
+                };
+                if indexed {
+                    if let Some((old_ts, _)) = old.as_deref().and_then(split_local) {
+                        by_time
+                            .remove(time_key(old_ts, k).as_slice())
+                            .map_err(|e| self.err(e))?;
                     }
-                    None => {
-                        data.remove(k).map_err(|e| self.err(e))?;
+                    if v.is_some() {
+                        by_time
+                            .insert(time_key(written_ms, k).as_slice(), ())
+                            .map_err(|e| self.err(e))?;
                     }
                 }
             }
@@ -287,7 +528,8 @@ impl KvStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Makes everything written so far durable (on revoke and close).
+    /// Makes everything written so far durable on the local disk (on revoke, close, and every
+    /// few seconds), which also lets redb reclaim the pages of earlier non-durable commits.
     pub(crate) fn flush(&self) -> Result<()> {
         self.apply(std::iter::empty(), None, Durability::Immediate)
     }
@@ -297,64 +539,113 @@ impl KvStore {
 mod tests {
     use super::*;
 
-    fn pos(offset: i64) -> Position {
-        Position {
-            topic: "in".into(),
-            partition: 2,
-            offset,
-        }
-    }
-
     #[test]
     fn entry_roundtrip_and_garbage() {
-        let e = encode_entry(Some(&pos(7)), b"v");
-        let (p, v) = decode_entry(&e).expect("decodes");
-        assert_eq!(p, Some(pos(7)));
-        assert_eq!(v, b"v");
-        assert_eq!(
-            decode_entry(&encode_entry(None, b"")),
-            Some((None, &b""[..]))
-        );
-        assert!(decode_entry(b"").is_none());
-        assert!(decode_entry(&[9, 0]).is_none());
-        assert!(decode_entry(&[1, 1, 0, 50, b'x']).is_none());
+        let e = Entry {
+            seq: 7,
+            written_ms: -5,
+            prev: Some(b"old".to_vec()),
+            value: Some(b"new".to_vec()),
+        };
+        assert_eq!(Entry::decode(&e.encode()), Some(e));
+        let d = Entry {
+            seq: 1,
+            written_ms: 1,
+            prev: None,
+            value: None,
+        };
+        assert_eq!(Entry::decode(&d.encode()), Some(d));
+        let empty = Entry {
+            seq: 1,
+            written_ms: 1,
+            prev: Some(Vec::new()),
+            value: Some(Vec::new()),
+        };
+        assert_eq!(Entry::decode(&empty.encode()), Some(empty));
+        assert!(Entry::decode(b"").is_none());
+        assert!(Entry::decode(&[9, 0]).is_none());
+        assert!(Entry::decode(&[2, 0, 0]).is_none());
+        // v1, with a position tag: the value after it, read as committed.
+        let mut v1 = vec![1, 1, 0, 2, b'i', b'n'];
+        v1.extend_from_slice(&3i32.to_be_bytes());
+        v1.extend_from_slice(&9i64.to_be_bytes());
+        v1.extend_from_slice(b"v");
+        assert_eq!(Entry::decode(&v1).and_then(|e| e.value), Some(b"v".to_vec()));
     }
 
     #[test]
-    fn layers_replay_guard_and_checkpoint() {
+    fn layers_commit_abort_and_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = KvStore::open(dir.path(), "counts", "app-counts-changelog").expect("open");
+        let mut s = KvStore::open(dir.path(), "counts", "app-counts-changelog", None).expect("open");
         assert_eq!(s.checkpoint().expect("checkpoint"), None);
 
-        assert!(s.put(b"a", b"1", Some(&pos(10))).expect("put"));
-        // A second write to the same key by the same record is not a replay.
-        assert!(s.put(b"a", b"2", Some(&pos(10))).expect("put"));
+        s.put(b"a", b"1", 10);
         s.keep_record();
-        s.write_batch(Some(41)).expect("write");
+        let recs = s.changelog_records(1, 10).expect("records");
+        assert_eq!(recs.len(), 1);
+        let e = Entry::decode(recs[0].value.as_deref().expect("value")).expect("entry");
+        assert_eq!((e.seq, e.prev, e.value), (1, None, Some(b"1".to_vec())));
+        s.commit_batch(Some(41)).expect("commit");
         assert_eq!(s.checkpoint().expect("checkpoint"), Some(41));
-        assert_eq!(s.get(b"a").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(s.get(b"a").expect("get"), Some(b"1".to_vec()));
 
-        // Replays of offsets up to 10 on the same partition are skipped; later ones apply.
-        assert!(!s.put(b"a", b"3", Some(&pos(9))).expect("put"));
-        assert!(!s.put(b"a", b"3", Some(&pos(10))).expect("put"));
-        assert!(s.put(b"a", b"3", Some(&pos(11))).expect("put"));
+        // A failed record leaves nothing; an aborted batch leaves its key dirty.
+        s.put(b"a", b"2", 11);
         s.drop_record();
-        assert_eq!(s.get(b"a").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(s.get(b"a").expect("get"), Some(b"1".to_vec()));
+        s.put(b"a", b"3", 12);
+        s.keep_record();
+        s.abort_batch();
+        assert_eq!(s.get(b"a").expect("get"), Some(b"1".to_vec()));
+        let recs = s.changelog_records(3, 13).expect("records");
+        let e = Entry::decode(recs[0].value.as_deref().expect("value")).expect("entry");
+        assert_eq!((e.prev, e.value), (Some(b"1".to_vec()), Some(b"1".to_vec())));
+        s.commit_batch(Some(42)).expect("commit");
+        assert!(!s.has_pending());
 
-        s.delete(b"a");
-        s.put(b"b", b"x", None).expect("put");
+        // A committed deletion is followed by a tombstone in the next commit.
+        s.delete(b"a", 14);
+        s.put(b"b", b"x", 14);
         s.keep_record();
         assert_eq!(
             s.scan().expect("scan"),
             vec![(b"b".to_vec(), b"x".to_vec())]
         );
-        s.write_batch(Some(43)).expect("write");
+        s.commit_batch(Some(44)).expect("commit");
+        let recs = s.changelog_records(5, 15).expect("records");
+        assert_eq!(recs.len(), 1);
+        assert!(recs[0].value.is_none());
+        s.commit_batch(Some(45)).expect("commit");
+        assert!(!s.has_pending());
         s.flush().expect("flush");
         drop(s);
 
-        let s = KvStore::open(dir.path(), "counts", "app-counts-changelog").expect("reopen");
-        assert_eq!(s.checkpoint().expect("checkpoint"), Some(43));
+        let s = KvStore::open(dir.path(), "counts", "app-counts-changelog", None).expect("reopen");
+        assert_eq!(s.checkpoint().expect("checkpoint"), Some(45));
         assert_eq!(s.get(b"a").expect("get"), None);
         assert_eq!(s.get(b"b").expect("get"), Some(b"x".to_vec()));
+    }
+
+    #[test]
+    fn retention_index_follows_overwrites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = KvStore::open(dir.path(), "seen", "c", Some(100)).expect("open");
+        for (k, t) in [(b"a", 1), (b"b", 2), (b"c", 300)] {
+            s.put(k, b"", t);
+        }
+        s.keep_record();
+        s.commit_batch(Some(1)).expect("commit");
+        assert_eq!(s.expired(250, 10).expect("expired"), vec![b"a".to_vec(), b"b".to_vec()]);
+        // Rewritten later: no longer expired at that cutoff.
+        s.put(b"a", b"", 400);
+        s.keep_record();
+        s.commit_batch(Some(2)).expect("commit");
+        assert_eq!(s.expired(250, 10).expect("expired"), vec![b"b".to_vec()]);
+        assert_eq!(s.expired(250, 0).expect("expired").len(), 0);
+        assert_eq!(s.len().expect("len"), 3);
+        assert_eq!(
+            s.range(b"b", None, 1).expect("range"),
+            vec![(b"b".to_vec(), b"".to_vec())]
+        );
     }
 }

@@ -17,7 +17,9 @@ use tributary_runtime::config::KAFKA_BROKERS;
 use tributary_runtime::kafka::{
     client_config, close_consumer, ensure_topic, unique_name, TopicSpec,
 };
-use tributary_streams::{Context, Error, Processor, Record, StreamsApp, TimeKind, Timer};
+use tributary_streams::{
+    Context, Error, KillPoint, Processor, Record, StreamsApp, TimeKind, Timer,
+};
 
 const PARTITIONS: i32 = 3;
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -67,6 +69,7 @@ async fn cleanup(n: &Names) {
         format!("{}.dlq", n.input),
         format!("{}-counts-changelog", n.app),
         format!("{}-_timers-changelog", n.app),
+        format!("{}-_commits", n.app),
     ];
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -200,11 +203,19 @@ struct WordCount {
     flaky: Arc<AtomicU32>,
     tasks: Option<Arc<Mutex<BTreeSet<i32>>>>,
     task: i32,
+    /// Counts `init` calls: one per task per assignment.
+    inits: Arc<AtomicU32>,
+    /// Every record fails retriably until this instant.
+    failing_until: Option<Arc<Mutex<Instant>>>,
+    /// The word `stall` blocks the engine for `stall_for`, once.
+    stall: Option<Arc<std::sync::atomic::AtomicBool>>,
+    stall_for: Duration,
 }
 
 impl Processor for WordCount {
     fn init(&mut self, ctx: &mut Context<'_>) -> tributary_streams::Result<()> {
         self.task = ctx.task();
+        self.inits.fetch_add(1, Ordering::SeqCst);
         if let Some(t) = &self.tasks {
             t.lock().expect("lock").insert(ctx.task());
         }
@@ -225,12 +236,24 @@ impl Processor for WordCount {
             .get("counts", word.as_bytes())?
             .map(|v| u64::from_be_bytes(v.try_into().unwrap_or([0; 8])))
             .unwrap_or(0);
-        // A redelivered record whose effect is already stored re-emits the stored count.
-        let next = if ctx.already_applied("counts", word.as_bytes())? {
-            current
-        } else {
-            current + 1
-        };
+        if word == "boom" {
+            panic!("boom: a processor bug");
+        }
+        if let Some(stall) = &self.stall {
+            if word == "stall" && !stall.swap(true, Ordering::SeqCst) {
+                // Stuck inside the processor, longer than max.poll.interval.ms: the group
+                // evicts this member.
+                std::thread::sleep(self.stall_for);
+            }
+        }
+        if let Some(until) = &self.failing_until {
+            if Instant::now() < *until.lock().expect("lock") {
+                return Err(Error::transient("dependency down"));
+            }
+        }
+        // The state a record sees never holds its own effect (an uncommitted batch is rolled
+        // back on restore), so a plain read-modify-write is exact across crashes.
+        let next = current + 1;
         ctx.put("counts", word.as_bytes(), &next.to_be_bytes())?;
         ctx.forward(
             &self.output,
@@ -262,6 +285,16 @@ fn start(
     proc_: WordCount,
     tune: impl FnOnce(tributary_streams::StreamsBuilder) -> tributary_streams::StreamsBuilder,
 ) -> Running {
+    start_killable(names, state_dir, proc_, tune, KillPoint::AfterChangelogAck)
+}
+
+fn start_killable(
+    names: &Names,
+    state_dir: &std::path::Path,
+    proc_: WordCount,
+    tune: impl FnOnce(tributary_streams::StreamsBuilder) -> tributary_streams::StreamsBuilder,
+    point: KillPoint,
+) -> Running {
     let registry = Registry::new();
     let builder = StreamsApp::builder(&names.app)
         .brokers(&brokers())
@@ -274,7 +307,7 @@ fn start(
     let app = tune(builder).build().expect("app");
     let shutdown = CancellationToken::new();
     let kill = CancellationToken::new();
-    let handle = tokio::spawn(app.run_with_kill_switch(shutdown.clone(), kill.clone()));
+    let handle = tokio::spawn(app.run_with_kill_switch(shutdown.clone(), kill.clone(), point));
     Running {
         _stop_on_drop: shutdown.clone().drop_guard(),
         shutdown,
@@ -388,18 +421,21 @@ async fn word_count_clean_run_is_exact() {
     cleanup(&n).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn word_count_is_exact_after_kill_and_restart() {
-    let n = setup("wc-kill").await;
+/// Kills an instance at `point` of a commit part way through the input, restarts it on the same
+/// state directory, and checks that every word's last emitted count is exact: the killed
+/// batch's state is rolled back (or, past the commit marker, kept and its input skipped), and
+/// every output exists at least once.
+async fn kill_and_restart_at(point: KillPoint, salt: usize) {
+    let n = setup(&format!("wc-kill{salt}")).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = words(1500, 2);
+    let input = words(1500, salt);
     produce_words(&n.input, &input).await;
     let slow = WordCount {
         output: n.output.clone(),
         delay: Some(Duration::from_millis(2)),
         ..Default::default()
     };
-    let first = start(&n, dir.path(), slow, |b| b.max_batch(50));
+    let first = start_killable(&n, dir.path(), slow, |b| b.max_batch(50), point);
     wait_for("part of the input", || {
         first.metric("tributary_streams_records_in_total") >= 300
     })
@@ -419,17 +455,47 @@ async fn word_count_is_exact_after_kill_and_restart() {
     };
     let second = start(&n, dir.path(), wc, |b| b);
     expect_counts(&n.output, &counts(&input)).await;
-    // Everything not committed before the kill is read again, including the last batch whose
-    // effects were already in the changelog: the replay guard keeps those from counting twice.
     wait_for("the rest of the input to be committed", || {
-        committed_before_kill + second.metric("tributary_streams_records_in_total")
+        committed_before_kill
+            + second.metric("tributary_streams_records_in_total")
+            + second.metric("tributary_streams_skipped_records_total")
             >= input.len() as u64
     })
     .await;
-    // The restart read the killed batch's changelog tail past the local checkpoint.
-    assert!(second.metric("tributary_streams_restore_records_total") > 0);
+    // Every word of the input has at least one output (none lost), and each word's outputs
+    // count up to its exact total.
+    let out = n.output.clone();
+    let total = input.len();
+    let msgs = tokio::task::spawn_blocking(move || read_until(&out, PARTITIONS, |m| m.len() >= total))
+        .await
+        .expect("reader");
+    assert!(msgs.len() >= input.len(), "{} outputs for {} inputs", msgs.len(), input.len());
+    if point != KillPoint::BeforeAcks {
+        // The restart read the killed batch's changelog tail past the local checkpoint.
+        assert!(second.metric("tributary_streams_restore_records_total") > 0);
+    }
+    if point == KillPoint::AfterMarker {
+        // The killed batch was committed by its marker, not by the group's offsets: its
+        // records were fetched again and skipped.
+        assert!(second.metric("tributary_streams_skipped_records_total") > 0);
+    }
     second.stop().await;
     cleanup(&n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_count_is_exact_after_a_kill_between_send_and_ack() {
+    kill_and_restart_at(KillPoint::BeforeAcks, 21).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_count_is_exact_after_a_kill_between_changelog_ack_and_commit_point() {
+    kill_and_restart_at(KillPoint::AfterChangelogAck, 22).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_count_is_exact_after_a_kill_between_commit_point_and_offset_commit() {
+    kill_and_restart_at(KillPoint::AfterMarker, 23).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,6 +690,8 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
         }
     }
     recs.push((b"flaky".to_vec(), b"flaky".to_vec(), None));
+    // A processor bug: the record is dead-lettered with class `panic`, the app goes on.
+    recs.push((b"boom".to_vec(), b"boom".to_vec(), None));
     produce(&n.input, &recs).await;
     let mut expected = counts(&good);
     expected.insert("flaky".into(), 1);
@@ -637,11 +705,16 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
     });
     expect_counts(&n.output, &expected).await;
     let dlq_topic = format!("{}.dlq", n.input);
-    let dlq = tokio::task::spawn_blocking(move || read_until(&dlq_topic, 1, |m| m.len() >= 4))
+    let mut dlq = tokio::task::spawn_blocking(move || read_until(&dlq_topic, 1, |m| m.len() >= 5))
         .await
         .expect("reader");
-    assert_eq!(dlq.len(), 4, "one dead letter per corrupt record");
+    assert_eq!(dlq.len(), 5, "one dead letter per corrupt record and one for the panic");
     let input = read_until(&n.input, PARTITIONS, |m| m.len() >= recs.len());
+    let panicked: Vec<_> = dlq.iter().filter(|d| d.key == b"boom").collect();
+    assert_eq!(panicked.len(), 1);
+    let class = panicked[0].headers.iter().find(|(k, _)| k == "dlq.error.class").map(|(_, v)| v.clone());
+    assert_eq!(class.as_deref(), Some(&b"panic"[..]));
+    dlq.retain(|d| d.key != b"boom");
     for d in &dlq {
         let h = |name: &str| {
             d.headers
@@ -667,7 +740,7 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
         );
     }
     wait_for("dlq metric", || {
-        app.metric("tributary_streams_dlq_records_total") == 4
+        app.metric("tributary_streams_dlq_records_total") == 5
     })
     .await;
     app.stop().await;
@@ -873,4 +946,147 @@ async fn exactly_once_stops_cleanly_when_the_producer_is_fenced() {
         .expect("the app stops by itself");
     let err = result.expect_err("a fenced producer is fatal");
     assert!(!err.retriable(), "{err}");
+}
+
+/// Every record fails retriably for 3× `max.poll.interval.ms`: the member keeps polling (its
+/// partitions paused), is never evicted, and once the dependency is back the counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retriable_failure_neither_evicts_the_member_nor_changes_the_outcome() {
+    let n = setup("wc-retry").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = words(300, 31);
+    produce_words(&n.input, &input).await;
+    let max_poll = Duration::from_secs(6);
+    let until = Arc::new(Mutex::new(Instant::now() + max_poll * 3));
+    let wc = WordCount {
+        output: n.output.clone(),
+        failing_until: Some(until.clone()),
+        ..Default::default()
+    };
+    let inits = wc.inits.clone();
+    let app = start(&n, dir.path(), wc, |b| {
+        b.max_poll_interval(max_poll)
+            .max_retry_backoff(Duration::from_millis(500))
+    });
+    tokio::time::sleep(max_poll * 2).await;
+    assert!(
+        app.metric("tributary_streams_task_retrying_seconds") > 0,
+        "the retrying gauge shows the stuck tasks"
+    );
+    expect_counts(&n.output, &counts(&input)).await;
+    assert!(app.metric("tributary_streams_retries_total") > 0);
+    assert_eq!(
+        inits.load(Ordering::SeqCst),
+        PARTITIONS as u32,
+        "one assignment only: no eviction, no rebalance"
+    );
+    wait_for("the gauge back at 0", || {
+        app.metric("tributary_streams_task_retrying_seconds") == 0
+    })
+    .await;
+    app.stop().await;
+    cleanup(&n).await;
+}
+
+/// Instance A is stuck inside its processor past `max.poll.interval.ms`: the group moves its
+/// tasks to B, which counts more words; A comes back, B leaves, and A's tasks (restored against
+/// the changelog, which B wrote to) count on from B's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_evicted_while_stuck_reads_the_interim_owners_writes_when_tasks_return() {
+    let n = setup("wc-stall").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+    let max_poll = Duration::from_secs(6);
+    let mut all = words(300, 41);
+    produce_words(&n.input, &all).await;
+    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a = start(
+        &n,
+        dir_a.path(),
+        WordCount {
+            output: n.output.clone(),
+            stall: Some(stall.clone()),
+            stall_for: max_poll * 2,
+            ..Default::default()
+        },
+        |b| b.max_poll_interval(max_poll),
+    );
+    expect_counts(&n.output, &counts(&all)).await;
+    let b = start(
+        &n,
+        dir_b.path(),
+        WordCount {
+            output: n.output.clone(),
+            ..Default::default()
+        },
+        |b| b.max_poll_interval(max_poll),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // `stall` on every partition: whichever member owns one, A gets stuck on its share.
+    let stall_words: Vec<String> = (0..30).map(|_| "stall".to_string()).collect();
+    produce_words(&n.input, &stall_words).await;
+    all.extend(stall_words);
+    wait_for("A to get stuck", || stall.load(Ordering::SeqCst)).await;
+    // While A is stuck (and evicted), B owns everything and counts more words.
+    let more = words(300, 42);
+    produce_words(&n.input, &more).await;
+    all.extend(more);
+    expect_counts(&n.output, &counts(&all)).await;
+    b.stop().await;
+    // A alone again: its tasks come back with B's writes, so the counts go on exactly.
+    let more = words(300, 43);
+    produce_words(&n.input, &more).await;
+    all.extend(more);
+    expect_counts(&n.output, &counts(&all)).await;
+    a.stop().await;
+    cleanup(&n).await;
+}
+
+/// The changelog topic is deleted and recreated under an intact local store: the store is
+/// found stale (its checkpoint is past the new topic's end), wiped, and rebuilt from the new
+/// (empty) changelog, so counting starts over instead of going on from state that no longer
+/// exists in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_changelog_makes_the_stale_local_store_rebuild() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let n = setup("wc-recreate").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wc = WordCount {
+        output: n.output.clone(),
+        ..Default::default()
+    };
+    let first = words(200, 51);
+    produce_words(&n.input, &first).await;
+    let app = start(&n, dir.path(), wc.clone(), |b| b);
+    expect_counts(&n.output, &counts(&first)).await;
+    app.stop().await;
+
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config(&brokers()).create().expect("admin");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for t in [format!("{}-counts-changelog", n.app), format!("{}-_commits", n.app)] {
+        let _ = admin.delete_topics(&[t.as_str()], &opts).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ensure_topic(&brokers(), &t, TopicSpec { partitions: PARTITIONS, compacted: true })
+            .await
+            .expect("recreate");
+    }
+    // New words only: their counts start at 1 again; a stale store would also be harmless for
+    // them, so one word of the first run is sent again too and must count as its first.
+    let again = vec![first[0].clone()];
+    produce_words(&n.input, &again).await;
+    let app = start(&n, dir.path(), wc, |b| b);
+    wait_for("the stale store to be detected", || {
+        app.metric("tributary_streams_stale_stores_total") > 0
+    })
+    .await;
+    let word = first[0].clone();
+    let out = n.output.clone();
+    let msgs = tokio::task::spawn_blocking(move || {
+        read_until(&out, PARTITIONS, |m| last_values(m).get(&word).is_some_and(|v| v == "1"))
+    })
+    .await
+    .expect("reader");
+    assert_eq!(last_values(&msgs).get(&first[0]).map(String::as_str), Some("1"));
+    app.stop().await;
+    cleanup(&n).await;
 }
