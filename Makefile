@@ -25,8 +25,9 @@ down:
 status:
 	bash stack/stack.sh status
 
+## The binary the stack, the demo and the shell suites run ($$TRIBUTARY_BIN; `make up` builds it too).
 build:
-	$(ENV) cargo build --workspace
+	$(ENV) cargo build --release -p tributary
 
 fmt:
 	cargo fmt --all

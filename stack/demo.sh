@@ -6,14 +6,15 @@
 # Exits non-zero when an invariant is broken or the views did not catch up.
 # DEMO_ORDERS (default 20000) sizes the workload; DEMO_SEED picks it; DEMO_RATE (commands per
 # second, default 250; 0 for as fast as possible) paces it. DEMO_SAGA_TIMEOUT (seconds, default
-# 120) is how long the saga waits for inventory and payments: the debug build on 2 cores runs
+# 120) is how long the saga waits for inventory and payments: on 2 cores the pipeline can run
 # tens of seconds behind a workload like this one, and orders that wait past the timeout are
-# cancelled as TIMEOUT (the summary shows them, and the invariants still hold).
+# cancelled as TIMEOUT (the summary shows them, and the invariants still hold). The binary is
+# $TRIBUTARY_BIN (stack/env.sh), the release build `make up` makes.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=stack/env.sh
 source "$here/env.sh"
-bin="$CARGO_TARGET_DIR/debug/tributary"
+bin="$TRIBUTARY_BIN"
 logs="$TRIBUTARY_RUN_DIR/logs"
 mkdir -p "$logs"
 

@@ -12,6 +12,9 @@ export TRIBUTARY_ELASTICSEARCH_URL="${TRIBUTARY_ELASTICSEARCH_URL:-http://127.0.
 # the checkout so that a fresh clone reuses them.
 export TRIBUTARY_CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
+# The tributary binary the stack (registry), the demo and the shell suites run: the release build
+# `make up` makes (`cargo build --release -p tributary`). `cargo test` builds its own debug binaries.
+export TRIBUTARY_BIN="${TRIBUTARY_BIN:-$CARGO_TARGET_DIR/release/tributary}"
 # Pids, logs and data of the processes `make up` starts. Ignored by git.
 export TRIBUTARY_RUN_DIR="${TRIBUTARY_RUN_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.run}"
 # The python interpreter of the project's venv (SecantusDB, noida-db, confluent-kafka).

@@ -18,7 +18,8 @@ root="$(cd "$here/.." && pwd)"
 source "$here/env.sh"
 
 NISSHI_VERSION=0.8.1
-NISSHI_BIN="$TRIBUTARY_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi"
+NISSHI_ROOT="$TRIBUTARY_CACHE/nisshi-$NISSHI_VERSION"
+NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
 VENV="$TRIBUTARY_CACHE/venv"
 PIDS="$TRIBUTARY_RUN_DIR/pids"
 LOGS="$TRIBUTARY_RUN_DIR/logs"
@@ -73,39 +74,225 @@ launch() { # name host port ready_secs -- command...
   log "$name: started on $host:$port (pid $(cat "$PIDS/$name.pid"))"
 }
 
-install_nisshi() {
-  [ -x "$NISSHI_BIN" ] && return 0
-  rustup toolchain list 2>/dev/null | grep -q '^nightly' ||
-    die "the Kafka broker (nisshi $NISSHI_VERSION) builds only with a nightly toolchain; none is installed (rustup toolchain list)"
-  log "building the Kafka broker nisshi $NISSHI_VERSION once into $TRIBUTARY_CACHE (about 16 minutes on 2 cores)"
-  mkdir -p "$TRIBUTARY_CACHE/logs"
-  cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked \
-    --root "$TRIBUTARY_CACHE/nisshi-$NISSHI_VERSION" >"$TRIBUTARY_CACHE/logs/nisshi-build.log" 2>&1 ||
-    die "building nisshi failed; see $TRIBUTARY_CACHE/logs/nisshi-build.log"
+# ---- Install steps. The broker build, the venv and the Prometheus package run in the background
+# while cargo builds the tributary binary in the foreground (its own progress on the terminal); a
+# line every 30 s tells what each background step is doing. Each step skips itself when its result
+# is already there, writes its output to a log under $TRIBUTARY_CACHE/logs, and a failed step stops
+# `up` with its log's path and tail.
+STEPS="$TRIBUTARY_RUN_DIR/steps" # one file per background step: "pid start_epoch log"
+BUILD_LOGS="$TRIBUTARY_CACHE/logs"
+
+elapsed() { local s=$1; printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+
+# Prints one line, clearing a progress bar cargo may have drawn on the same terminal line.
+say() { if [ -t 2 ]; then printf '\r\033[K[stack] %s\n' "$*" >&2; else log "$*"; fi; }
+
+step_begin() { # name pid start_epoch log
+  mkdir -p "$STEPS"
+  printf '%s %s %s\n' "$2" "$3" "$4" >"$STEPS/$1"
 }
 
-install_venv() {
-  local req="$here/requirements.txt" stamp="$VENV/.requirements"
-  if [ -x "$VENV/bin/python" ] && cmp -s "$req" "$stamp"; then return 0; fi
-  log "installing python packages (SecantusDB, noida-db, confluent-kafka) into $VENV"
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r $req failed"
-  cp "$req" "$stamp"
+# What a running step is doing, from its log.
+step_progress() { # name log
+  local name=$1 logf=$2 last
+  if [ "$name" = nisshi ]; then
+    local n
+    n=$(grep -ac '^ *Compiling ' "$logf" 2>/dev/null) || true
+    last=$(grep -a '^ *\(Compiling\|Installing\|Finished\|Downloaded\|Blocking\)' "$logf" 2>/dev/null | tail -n 1 | sed 's/^ *//') || true
+    printf 'crate %s of ~%s; %s' "${n:-0}" "$NISSHI_CRATES" "${last:-starting}"
+  else
+    last=$(tail -n 1 "$logf" 2>/dev/null | tr -d '\r' | sed 's/^ *//' | cut -c1-100) || true
+    printf '%s' "${last:-starting}"
+  fi
+}
+
+# Whether a finished background step left what it was for.
+step_ok() { # name
+  case $1 in
+    nisshi) [ -x "$NISSHI_BIN" ] ;;
+    venv) venv_ready ;;
+    prometheus) prometheus_ready ;;
+    *) return 1 ;;
+  esac
+}
+
+# Once per step that has ended: "done in ..." or the failure with its log (`up` stops at its next
+# step_wait). Called by the heartbeat and by step_wait, whichever sees the end first.
+step_report() { # name pid start log
+  local name=$1 pid=$2 start=$3 logf=$4 took
+  [ -e "$STEPS/$name.reported" ] && return 0
+  : >"$STEPS/$name.reported"
+  local end
+  end=$(cat "$STEPS/$name.end" 2>/dev/null) || end=$(date +%s)
+  took=$(elapsed $((end - start)))
+  if step_ok "$name"; then
+    say "$name: done in $took (log $logf)"
+  else
+    say "$name: FAILED after $took; see $logf:
+$(tail -n 25 "$logf" 2>/dev/null)"
+  fi
+}
+
+# Every 30 s, one line per background step still running, and a line when one ends. Started by
+# `up`, ended when `up` ends.
+heartbeat() {
+  local f name pid start logf now extra
+  while sleep "${STACK_HEARTBEAT_SECS:-30}"; do
+    kill -0 $$ 2>/dev/null || exit 0 # `up` is gone ($$ is its pid in this subshell too)
+    now=$(date +%s)
+    for f in "$STEPS"/*; do
+      name=${f##*/}
+      [ -f "$f" ] && [[ $name != *.* ]] || continue
+      read -r pid start logf <"$f" || continue
+      if ! kill -0 "$pid" 2>/dev/null; then
+        step_report "$name" "$pid" "$start" "$logf"
+        continue
+      fi
+      extra=""
+      [ "$name" = nisshi ] && extra=" (about $NISSHI_ESTIMATE_MIN min in all, measured on 2 cores shared with another build)"
+      say "$name: $(elapsed $((now - start))) elapsed$extra; $(step_progress "$name" "$logf")"
+    done
+  done
+}
+
+# Background steps run as children of this script, output to their log. (The broker build runs
+# in a session of its own, so that a failure elsewhere or Ctrl-C does not throw away its minutes:
+# the next `up` waits for it, as an `up` waits for a build someone else started into its folder.)
+step_start() { # name log function...
+  local name=$1 logf=$2; shift 2
+  mkdir -p "$(dirname "$logf")"
+  # The step's end time, for an exact "done in" (the heartbeat sees the end up to 30 s late).
+  (
+    set +e
+    (set -e; "$@")
+    rc=$?
+    date +%s >"$STEPS/$name.end"
+    exit $rc
+  ) >"$logf" 2>&1 </dev/null &
+  step_begin "$name" $! "$(date +%s)" "$logf"
+}
+
+# Waits for a background step (possibly not our child: a build someone else started), then
+# checks what it left; dies with its log when it failed.
+step_wait() { # name
+  local name=$1 pid start logf
+  [ -f "$STEPS/$name" ] || return 0
+  read -r pid start logf <"$STEPS/$name"
+  while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+  wait "$pid" 2>/dev/null || true
+  step_report "$name" "$pid" "$start" "$logf"
+  step_ok "$name" || die "$name failed; see $logf"
+  rm -f "$STEPS/$name" "$STEPS/$name.reported" "$STEPS/$name.end"
+}
+
+# ---- The Kafka broker, built once with only the storage this stack uses: sqlite (the `libsql`
+# feature; memory storage is always built). nisshi's default features add the S3 (dynostore) and
+# PostgreSQL engines. Measured on this project's 2-core machine (README, "Setup timing").
+NISSHI_FEATURES=libsql
+NISSHI_ESTIMATE_MIN=26 # minutes, measured here with another cargo build sharing the 2 cores (README "Setup timing")
+NISSHI_CRATES=458      # "Compiling" lines of that build, for the progress line
+NISSHI_LOG="$BUILD_LOGS/nisshi-build.log"
+
+# The pid of a `cargo install nisshi` into our folder, whoever started it.
+nisshi_build_pid() {
+  pgrep -f -- "cargo( .*)? install nisshi .*--root $NISSHI_ROOT( |\$)" | head -n 1 || true
+}
+
+start_nisshi() {
+  [ -x "$NISSHI_BIN" ] && return 0
+  mkdir -p "$BUILD_LOGS"
+  # One check-and-start at a time (two `up`s at once must not start two builds). cargo itself
+  # does not stop a second `cargo install` into the same root: each builds in a temp dir.
+  exec 8>"$TRIBUTARY_CACHE/nisshi-$NISSHI_VERSION.lock"
+  flock 8
+  local pid start logf
+  pid=$(nisshi_build_pid)
+  if [ -n "$pid" ]; then
+    start=$(($(date +%s) - $(ps -o etimes= -p "$pid" | tr -d ' ')))
+    logf=$(readlink "/proc/$pid/fd/2" 2>/dev/null) || true
+    [ -f "$logf" ] || logf=$NISSHI_LOG
+    step_begin nisshi "$pid" "$start" "$logf"
+    say "nisshi: a build into $NISSHI_ROOT is already running (pid $pid, $(elapsed $(($(date +%s) - start))) so far); waiting for it instead of starting another"
+  else
+    rustup toolchain list 2>/dev/null | grep -q '^nightly' ||
+      die "the Kafka broker (nisshi $NISSHI_VERSION) builds only with a nightly toolchain; none is installed (rustup toolchain list)"
+    say "nisshi: building the Kafka broker $NISSHI_VERSION (features: $NISSHI_FEATURES) once into $NISSHI_ROOT in the background: about $NISSHI_ESTIMATE_MIN minutes on 2 cores (measured here while another cargo build ran), log $NISSHI_LOG"
+    # --wait: setsid stays the parent (and $! stays alive) even if it had to fork.
+    setsid --wait cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked \
+      --no-default-features --features "$NISSHI_FEATURES" \
+      --root "$NISSHI_ROOT" >"$NISSHI_LOG" 2>&1 </dev/null 8>&- &
+    step_begin nisshi $! "$(date +%s)" "$NISSHI_LOG"
+  fi
+  exec 8>&-
+}
+
+venv_ready() { [ -x "$VENV/bin/python" ] && cmp -s "$here/requirements.txt" "$VENV/.requirements"; }
+install_venv() { # explicit returns: a background step does not rely on set -e
+  local req="$here/requirements.txt"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" || return 1
+  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off -r "$req" || return 1
+  cp "$req" "$VENV/.requirements"
+}
+start_venv() {
+  venv_ready && return 0
+  say "venv: installing python packages (SecantusDB, noida-db, confluent-kafka) into $VENV in the background"
+  step_start venv "$BUILD_LOGS/venv.log" install_venv
 }
 
 # Prometheus (and promtool, which lints our /metrics output) from Debian's package.
+prometheus_ready() { command -v promtool >/dev/null && command -v prometheus >/dev/null; }
 install_prometheus() {
-  command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q prometheus || { apt-get update -q && apt-get install -y -q prometheus; }
+}
+start_prometheus() {
+  prometheus_ready && return 0
   command -v apt-get >/dev/null || die "prometheus is missing and apt-get is not available to install it"
-  log "installing prometheus (Debian package)"
-  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }; } ||
-    die "apt-get install prometheus failed"
+  say "prometheus: installing the Debian package in the background"
+  step_start prometheus "$BUILD_LOGS/prometheus-install.log" install_prometheus
 }
 
+# The binary the stack, the demo and the shell suites run: one release build ($TRIBUTARY_BIN).
+# No -q: cargo's own progress shows (it is a few minutes from cold on 2 cores).
 build_cli() {
-  log "building the tributary binary (cargo build -p tributary)"
-  (cd "$root" && cargo build -q -p tributary) || die "cargo build -p tributary failed"
+  local t0=$SECONDS
+  say "tributary: cargo build --release -p tributary (-> $TRIBUTARY_BIN)"
+  (cd "$root" && cargo build --release -p tributary) || die "cargo build --release -p tributary failed (output above)"
+  [ -x "$TRIBUTARY_BIN" ] || die "cargo built, but $TRIBUTARY_BIN is missing (is TRIBUTARY_BIN overridden to another profile?)"
+  say "tributary: built in $(elapsed $((SECONDS - t0)))"
+}
+
+install_all() {
+  local t0=$SECONDS hb=""
+  rm -rf "$STEPS"
+  start_nisshi
+  start_venv
+  start_prometheus
+  if ls "$STEPS"/* >/dev/null 2>&1; then
+    heartbeat &
+    hb=$!
+    # shellcheck disable=SC2064
+    trap "kill $hb 2>/dev/null || true; leftover_steps" EXIT
+  fi
+  build_cli
+  step_wait venv
+  step_wait prometheus
+  step_wait nisshi
+  if [ -n "$hb" ]; then kill "$hb" 2>/dev/null || true; trap - EXIT; fi
+  [ $((SECONDS - t0)) -lt 10 ] || say "install steps: done in $(elapsed $((SECONDS - t0)))"
+}
+
+# On a failed `up`: what is still running in the background.
+leftover_steps() {
+  local f pid start logf
+  for f in "$STEPS"/*; do
+    [ -f "$f" ] || continue
+    read -r pid start logf <"$f" || continue
+    kill -0 "$pid" 2>/dev/null || continue
+    if [ "${f##*/}" = nisshi ]; then
+      say "nisshi: the broker build goes on in the background (pid $pid, log $logf); the next 'make up' waits for it (kill $pid stops it)"
+    fi
+  done
 }
 
 ensure_postgres() {
@@ -141,10 +328,7 @@ ensure_redis() {
 
 up() {
   mkdir -p "$PIDS" "$LOGS" "$DATA"
-  install_nisshi
-  install_venv
-  install_prometheus
-  build_cli
+  install_all
 
   local host port
   read -r host port < <(host_port "$TRIBUTARY_KAFKA_BROKERS")
@@ -155,7 +339,7 @@ up() {
     --storage-engine "sqlite://log.db" --group-initial-rebalance-delay 0s)
 
   read -r host port < <(host_port "$TRIBUTARY_SCHEMA_REGISTRY_URL")
-  launch registry "$host" "$port" 60 -- "$CARGO_TARGET_DIR/debug/tributary" registry --listen "$host:$port"
+  launch registry "$host" "$port" 60 -- "$TRIBUTARY_BIN" registry --listen "$host:$port"
 
   read -r host port < <(host_port "$TRIBUTARY_MONGODB_URL")
   mkdir -p "$DATA/mongodb"

@@ -13,7 +13,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # shellcheck source=stack/env.sh
 source "$root/stack/env.sh"
-bin="$CARGO_TARGET_DIR/debug/tributary"
+bin="$TRIBUTARY_BIN"
 
 read -r p_proc p_sink p_prom <<<"${PROMTEST_PORTS:-29464 29465 29090}"
 tmp="$(mktemp -d /tmp/tributary-prometheus.XXXXXX)"
