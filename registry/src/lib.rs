@@ -1,5 +1,6 @@
 //! A schema registry speaking Confluent Schema Registry's REST API, for Avro schemas, with its
-//! state kept in a compacted Kafka topic laid out like Confluent's `_schemas`.
+//! state kept in a compacted Kafka topic laid out like Confluent's `_schemas` ([`start`]), or
+//! in memory only, with no Kafka at all ([`start_in_memory`], for tests and embedding).
 //!
 //! Clients written for Confluent's registry (confluent-kafka's `SchemaRegistryClient`,
 //! `schema_registry_converter`) work against it unchanged: same paths, JSON bodies, media type
@@ -20,7 +21,7 @@
 //! - `error`: [`RegistryError`], and `ApiError` with the one mapping of every failure to
 //!   Confluent's status code, `error_code` and message.
 //! - `store`: loading the schemas topic at start-up and persisting each change to it before
-//!   it is applied.
+//!   it is applied (or, for [`start_in_memory`], applying it at once).
 //! - `state`: the in-memory state, a pure function of the topic's records.
 //! - `records`: the topic's keys and values, byte-compatible with Confluent's.
 //! - `compat`: [`Compatibility`] levels and the compatibility check.
@@ -139,28 +140,62 @@ impl RunningRegistry {
 pub async fn start(config: RegistryConfig) -> Result<RunningRegistry, RegistryError> {
     // Binding first makes a port clash fail fast; connections arriving while the topic loads
     // wait in the listen backlog and are served once the state is complete.
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| RegistryError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| RegistryError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-
+    let (listener, addr) = bind(config.listen).await?;
     let store = Arc::new(
         store::Store::open(&config.brokers, &config.topic, config.default_compatibility).await?,
     );
+    tracing::info!(%addr, topic = %config.topic, "schema registry serving");
+    Ok(serve(listener, addr, store, config.max_body_bytes))
+}
+
+/// Binds `listen` and serves the REST API with the registry's state in memory only, starting
+/// empty: no Kafka is needed, and nothing registered survives the process. The API and its
+/// rules are [`start`]'s. For tests and embedding, e.g. running processors' codecs without a
+/// broker; use port 0 for a free port.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tributary_registry::RegistryError> {
+/// use tributary_registry::{start_in_memory, Compatibility};
+/// let registry = start_in_memory("127.0.0.1:0".parse().unwrap(), Compatibility::Backward).await?;
+/// let url = format!("http://{}", registry.addr);
+/// # Ok(()) }
+/// ```
+pub async fn start_in_memory(
+    listen: SocketAddr,
+    default_compatibility: Compatibility,
+) -> Result<RunningRegistry, RegistryError> {
+    let (listener, addr) = bind(listen).await?;
+    let store = Arc::new(store::Store::in_memory(default_compatibility));
+    tracing::info!(%addr, "schema registry serving from memory");
+    Ok(serve(listener, addr, store, DEFAULT_MAX_BODY_BYTES))
+}
+
+async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), RegistryError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| RegistryError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| RegistryError::Bind {
+            addr: listen,
+            source,
+        })?;
+    Ok((listener, addr))
+}
+
+fn serve(
+    listener: TcpListener,
+    addr: SocketAddr,
+    store: Arc<store::Store>,
+    max_body_bytes: usize,
+) -> RunningRegistry {
     let app = api::router(api::AppState {
         store: Arc::clone(&store),
-        max_body_bytes: config.max_body_bytes,
+        max_body_bytes,
     });
-
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -170,11 +205,10 @@ pub async fn start(config: RegistryConfig) -> Result<RunningRegistry, RegistryEr
             })
             .await
     });
-    tracing::info!(%addr, topic = %config.topic, "schema registry serving");
-    Ok(RunningRegistry {
+    RunningRegistry {
         addr,
         stop,
         server,
         store,
-    })
+    }
 }

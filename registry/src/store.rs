@@ -1,5 +1,6 @@
 //! The Kafka-backed store: loads the schemas topic at start-up and persists every change to it
-//! before the change becomes visible.
+//! before the change becomes visible. [`Store::in_memory`] is the same store without the topic:
+//! changes are applied at once and live as long as the process (for tests and embedding).
 //!
 //! Writes are serialised by one async mutex held from deciding what to write until the record
 //! is applied, and each runs as its own task so that a client hanging up cannot cancel it
@@ -34,7 +35,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Store {
     topic: String,
-    producer: FutureProducer,
+    /// `None` for an in-memory store: changes are applied without being persisted.
+    producer: Option<FutureProducer>,
     state: RwLock<State>,
     writes: Mutex<()>,
     default_level: Compatibility,
@@ -108,11 +110,24 @@ impl Store {
 
         Ok(Store {
             topic: topic.to_string(),
-            producer,
+            producer: Some(producer),
             state: RwLock::new(state),
             writes: Mutex::new(()),
             default_level,
         })
+    }
+
+    /// An empty store that keeps its state in memory only: no topic is read at start and
+    /// nothing is written, so nothing survives the process. Every rule (ids, versions,
+    /// compatibility, deletes) is the Kafka-backed store's, since both apply the same records.
+    pub fn in_memory(default_level: Compatibility) -> Store {
+        Store {
+            topic: String::new(),
+            producer: None,
+            state: RwLock::new(State::default()),
+            writes: Mutex::new(()),
+            default_level,
+        }
     }
 
     /// Runs `f` on the current state. The lock is a plain one because no reader awaits while
@@ -367,9 +382,16 @@ impl Store {
             .map_err(|e| ApiError::Internal(format!("the write task failed: {e}")))?
     }
 
-    /// Produces `record`, waits for the broker's acknowledgement and only then applies it.
-    /// The caller holds `writes`.
+    /// Produces `record`, waits for the broker's acknowledgement and only then applies it (an
+    /// in-memory store applies it at once). The caller holds `writes`.
     async fn persist(&self, record: Record) -> Result<(), ApiError> {
+        let Some(producer) = &self.producer else {
+            self.state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .apply(&record);
+            return Ok(());
+        };
         let key = record.key_bytes();
         let value = record.value_bytes();
         let mut produced = FutureRecord::<[u8], [u8]>::to(&self.topic)
@@ -378,11 +400,7 @@ impl Store {
         if let Some(value) = &value {
             produced = produced.payload(value);
         }
-        match self
-            .producer
-            .send(produced, Timeout::After(WRITE_TIMEOUT))
-            .await
-        {
+        match producer.send(produced, Timeout::After(WRITE_TIMEOUT)).await {
             Ok(_) => {
                 self.state
                     .write()
