@@ -12,6 +12,9 @@
 //! read every event that was on `events.inventory` after that ([`Catalog::prices`]). So a
 //! product added just before an order (the load generator's pattern) is known to it. Until
 //! then the order is retried.
+//!
+//! [`Catalog::fixed`] is a table of given prices with no topic behind it, for tests and
+//! embedding.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,14 +50,20 @@ struct Table {
 /// The table and the thread that fills it. Stops the thread when dropped.
 pub struct Catalog {
     table: Arc<Mutex<Table>>,
+    /// `None` for a [fixed](Catalog::fixed) table.
+    feed: Option<Feed>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What a table read from the topic needs to tell whether it has caught up.
+struct Feed {
     topic: String,
     partitions: i32,
     watermarks: BaseConsumer,
     /// The inventory app's consumer group (through which its committed offsets are read) and
     /// its input topics, in the order records flow through them.
     owner: Option<(BaseConsumer, Vec<String>)>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
@@ -114,13 +123,30 @@ impl Catalog {
         };
         Ok(Catalog {
             table,
-            topic: topic.to_string(),
-            partitions,
-            watermarks,
-            owner,
+            feed: Some(Feed {
+                topic: topic.to_string(),
+                partitions,
+                watermarks,
+                owner,
+            }),
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// A table of the given prices that never changes and reads nothing: a product not in it is
+    /// unknown at once (no waiting). For tests and embedding, e.g. a saga under
+    /// `tributary_streams::testing::TestDriver` with no broker.
+    pub fn fixed(prices: impl IntoIterator<Item = (String, Price)>) -> Catalog {
+        Catalog {
+            table: Arc::new(Mutex::new(Table {
+                prices: prices.into_iter().collect(),
+                next: HashMap::new(),
+            })),
+            feed: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
     }
 
     fn lookup(&self, ids: &[&str]) -> HashMap<String, Option<Price>> {
@@ -132,29 +158,32 @@ impl Catalog {
 
     /// The prices of `ids`; `None` for a product the catalog does not have. When some are
     /// unknown, waits up to `wait` for the table to reach the topic's current end before
-    /// answering, and fails with a retriable error if it does not.
+    /// answering, and fails with a retriable error if it does not. A fixed table answers at once.
     pub fn prices(&self, ids: &[&str], wait: Duration) -> Result<HashMap<String, Option<Price>>> {
         let found = self.lookup(ids);
         if found.values().all(Option::is_some) {
             return Ok(found);
         }
+        let Some(feed) = &self.feed else {
+            return Ok(found);
+        };
         let deadline = Instant::now() + wait;
         let lagging = || ProcessorError::CatalogLagging {
-            topic: self.topic.clone(),
+            topic: feed.topic.clone(),
             waited: wait,
         };
-        if let Some((group, inputs)) = &self.owner {
+        if let Some((group, inputs)) = &feed.owner {
             for input in inputs {
-                if !self.wait_committed(group, input, deadline)? {
+                if !feed.wait_committed(group, input, deadline)? {
                     return Err(lagging());
                 }
             }
         }
         let mut ends = Vec::new();
-        for p in 0..self.partitions {
+        for p in 0..feed.partitions {
             let (low, high) =
-                self.watermarks
-                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))?;
+                feed.watermarks
+                    .fetch_watermarks(&feed.topic, p, Duration::from_secs(5))?;
             ends.push((p, low, high));
         }
         loop {
@@ -172,7 +201,9 @@ impl Catalog {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
 
+impl Feed {
     /// Waits until `group` has committed, on every partition of `topic`, at least the end the
     /// partition has now. False at the deadline.
     fn wait_committed(&self, group: &BaseConsumer, topic: &str, deadline: Instant) -> Result<bool> {

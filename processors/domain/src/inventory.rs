@@ -17,6 +17,7 @@
 //! which sinks use as the version of what they write.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tributary_schemas::domain::{
@@ -26,6 +27,7 @@ use tributary_schemas::domain::{
     StockReserved, StockShortage, UpdateProduct,
 };
 use tributary_schemas::types::Envelope;
+use tributary_schemas::Codec;
 use tributary_streams::{Context, Processor, Record};
 
 use crate::common::{first_time, load, save, to_i32, Wire};
@@ -105,6 +107,13 @@ impl InventoryProcessor {
             events: topics.events_inventory(),
             topics,
         }
+    }
+
+    /// A processor outside [`DomainApp::run`](crate::DomainApp::run), encoding and decoding
+    /// with `codec`. For tests and embedding, e.g. under `tributary_streams::testing::TestDriver`
+    /// with the stores of [`InventoryProcessor::stores`].
+    pub fn with_codec(codec: Arc<Codec>, topics: Topics) -> Self {
+        InventoryProcessor::new(Wire::new(codec), topics)
     }
 
     /// The input topics, in the order the app subscribes them.

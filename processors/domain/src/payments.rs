@@ -12,12 +12,15 @@
 //!
 //! Stores: `payments` (payment id → [`Payment`]), `seen` (command ids).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tributary_schemas::domain::{
     AuthorizePayment, CapturePayment, DeclineReason, PaymentAuthorized, PaymentCaptured,
     PaymentCommand, PaymentDeclined, PaymentEvent, PaymentRefunded, RefundPayment, RejectionReason,
 };
 use tributary_schemas::types::Envelope;
+use tributary_schemas::Codec;
 use tributary_streams::{Context, Processor, Record};
 
 use crate::common::{first_time, load, save, Wire};
@@ -122,6 +125,13 @@ impl PaymentsProcessor {
             events: topics.events_payments(),
             topics,
         }
+    }
+
+    /// A processor outside [`DomainApp::run`](crate::DomainApp::run), encoding and decoding
+    /// with `codec`. For tests and embedding, e.g. under `tributary_streams::testing::TestDriver`
+    /// with the stores of [`PaymentsProcessor::stores`].
+    pub fn with_codec(codec: Arc<Codec>, topics: Topics, rule: DeclineRule) -> Self {
+        PaymentsProcessor::new(Wire::new(codec), topics, rule)
     }
 
     pub fn inputs(topics: &Topics) -> Vec<String> {

@@ -36,6 +36,7 @@ use tributary_schemas::domain::{
     ReserveStock, StockItem, StockReleaseReason,
 };
 use tributary_schemas::types::Envelope;
+use tributary_schemas::Codec;
 use tributary_streams::{Context, Processor, Record, TimeKind, Timer};
 
 use crate::catalog::Catalog;
@@ -146,6 +147,19 @@ impl OrderSaga {
             payment_events: topics.events_payments(),
             topics,
         }
+    }
+
+    /// A saga outside [`DomainApp::run`](crate::DomainApp::run), encoding and decoding with
+    /// `codec`, pricing from `catalog` (e.g. [`Catalog::fixed`]), without metrics. For tests
+    /// and embedding, e.g. under `tributary_streams::testing::TestDriver` with the stores of
+    /// [`OrderSaga::stores`].
+    pub fn with_codec(
+        codec: Arc<Codec>,
+        topics: Topics,
+        catalog: Arc<Catalog>,
+        timeout: Duration,
+    ) -> Self {
+        OrderSaga::new(Wire::new(codec), topics, catalog, timeout, None)
     }
 
     pub fn inputs(topics: &Topics) -> Vec<String> {
