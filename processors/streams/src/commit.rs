@@ -127,6 +127,7 @@ impl Engine {
         match res {
             Ok(()) => {
                 self.count_commit("ok");
+                self.commit_backoff = None;
                 Ok(())
             }
             Err(Failed::Abort(e)) => {
@@ -134,13 +135,22 @@ impl Engine {
                     return Ok(());
                 }
                 self.count_commit("aborted");
-                if !e.retriable() {
-                    tracing::error!(error = %e, "producing the batch failed for good; stopping");
+                if too_large(&e) {
+                    // Retrying cannot help, and skipping would lose the record's effects: stop
+                    // with an error naming the cause, for an operator to raise the limit.
+                    tracing::error!(error = %e, "an output or changelog record is larger than the broker accepts; stopping");
                     self.abort_all(consumer);
                     return Err(e);
                 }
-                tracing::warn!(error = %e, "committing the batch failed; reading it again");
+                // Infrastructure (broker down, timeouts, authorization, a missing topic): the
+                // batch is read again after a back-off, the member polling meanwhile.
+                let backoff = self.commit_backoff.map_or(Duration::from_millis(100), |b| {
+                    (b * 2).min(self.cfg.max_retry_backoff)
+                });
+                tracing::warn!(error = %e, ?backoff, "committing the batch failed; reading it again after a back-off");
                 self.abort_all(consumer);
+                self.commit_backoff = Some(backoff);
+                self.pause_all(consumer, Instant::now() + backoff);
                 Ok(())
             }
             Err(Failed::Fatal(e)) => {
@@ -412,6 +422,18 @@ impl Engine {
 pub(crate) struct PendingBatch {
     outputs: Vec<DeliveryFuture>,
     changelog: Vec<((i32, String), DeliveryFuture)>,
+}
+
+/// Whether a produce failed because a record is larger than the broker or client accepts.
+fn too_large(e: &Error) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e,
+        Error::Kafka(k) if matches!(
+            k.rdkafka_error_code(),
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge)
+        )
+    )
 }
 
 /// Whether a transactional error leaves the producer unusable (fenced, or fatal by librdkafka).

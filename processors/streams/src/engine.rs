@@ -82,6 +82,9 @@ pub(crate) struct Engine {
     pub kill: Option<(CancellationToken, KillPoint)>,
     /// Commit the group's offsets synchronously (revoke, shutdown).
     pub sync_offsets: bool,
+    /// Back-off after a failed commit, and until when every task is paused for it.
+    pub commit_backoff: Option<Duration>,
+    paused_until: Option<Instant>,
     lag_updated: Instant,
     flushed: Instant,
     swept: Instant,
@@ -154,6 +157,8 @@ impl Engine {
             last_poll: Instant::now(),
             kill,
             sync_offsets: false,
+            commit_backoff: None,
+            paused_until: None,
             lag_updated: long_ago,
             flushed: Instant::now(),
             swept: Instant::now(),
@@ -207,6 +212,34 @@ impl Engine {
         }
     }
 
+    /// Pauses every task's inputs until `until` (a back-off after a failed commit); the loop
+    /// keeps polling, so the member stays in the group.
+    pub fn pause_all<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, until: Instant) {
+        let ids: Vec<i32> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.pause(consumer, id);
+        }
+        self.paused_until = Some(until);
+    }
+
+    /// Ends a back-off that has run out: resumes the tasks that are ready and not retrying.
+    pub fn resume_after_backoff<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        match self.paused_until {
+            Some(t) if t <= Instant::now() => {}
+            _ => return,
+        }
+        self.paused_until = None;
+        let ids: Vec<i32> = self
+            .tasks
+            .values()
+            .filter(|t| t.ready && t.blocked.is_none() && t.backlog.is_empty())
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            self.resume(consumer, id);
+        }
+    }
+
     /// Hands one polled record to its task, or holds it back while the task restores or
     /// retries an earlier record.
     pub fn dispatch<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, record: crate::Record) {
@@ -237,6 +270,9 @@ impl Engine {
                 // Already in the state (the marker covers it); fetched again because the
                 // group's offsets lagged the marker.
                 self.metrics.skipped.with_label_values(&[&app]).inc();
+                // Counted into the batch's offsets all the same, so the group's offsets catch
+                // up with the marker (lag and the next owner's start depend on them).
+                task.skip_consumed(&record);
                 return false;
             }
         }
@@ -414,6 +450,10 @@ impl Engine {
         for id in ids {
             let mut seeks: BTreeMap<String, i64> = BTreeMap::new();
             let Some(task) = self.tasks.get_mut(&id) else { continue };
+            if !task.ready {
+                // Restoring: no batch yet, and its held-back records stay held back.
+                continue;
+            }
             let mut earliest = |topic: &str, off: i64| {
                 let e = seeks.entry(topic.to_string()).or_insert(off);
                 *e = (*e).min(off);
@@ -434,9 +474,6 @@ impl Engine {
             if had_pending {
                 // A new number: the abandoned entries must never look committed.
                 task.next_seq += 1;
-            }
-            if !task.ready {
-                continue;
             }
             for (topic, off) in seeks {
                 if let Err(e) = consumer.seek(&topic, id, Offset::Offset(off), Duration::from_secs(5)) {
@@ -623,6 +660,7 @@ pub(crate) fn run_loop(
         if let Some(err) = e.fatal.take() {
             return Err(err);
         }
+        e.resume_after_backoff(consumer);
         e.retry_due(consumer);
         e.punctuate();
         e.commit(consumer)?;

@@ -89,6 +89,10 @@ impl Restore {
         app: &str,
     ) -> Result<bool> {
         let deadline = Instant::now() + budget;
+        if self.marker.is_none() && self.all_committed {
+            // Exactly-once: the group's offsets are exact and no marker is written.
+            self.marker = Some(Marker::default());
+        }
         if self.marker.is_none() {
             let marker = read_marker(restorer, &self.marker_topic, task.id)?;
             tracing::debug!(task = task.id, ?marker, "commit marker");

@@ -157,15 +157,20 @@ impl Task {
         Outcome::Done
     }
 
-    /// Counts `record` into the batch's offsets without running it (a record at or below the
-    /// committed position, seen again after a rewind).
+    /// Counts `record` into the batch's offsets and its input count.
     pub fn mark_consumed(&mut self, record: &Record) {
+        self.skip_consumed(record);
+        self.batch_in += 1;
+    }
+
+    /// Counts `record` into the batch's offsets without running it: a record below the
+    /// committed position (the marker's), fetched again because the group's offsets lagged.
+    pub fn skip_consumed(&mut self, record: &Record) {
         let entry = self
             .consumed
             .entry(record.topic.clone())
             .or_insert((record.offset, record.offset + 1));
         entry.1 = entry.1.max(record.offset + 1);
-        self.batch_in += 1;
     }
 
     /// Fires the due timers, by wall clock and by stream time, in due order, at most

@@ -207,7 +207,7 @@ struct WordCount {
     inits: Arc<AtomicU32>,
     /// Every record fails retriably until this instant.
     failing_until: Option<Arc<Mutex<Instant>>>,
-    /// The word `stall` blocks the engine for `stall_for`, once.
+    /// A word starting with `stall` blocks the engine for `stall_for`, once.
     stall: Option<Arc<std::sync::atomic::AtomicBool>>,
     stall_for: Duration,
 }
@@ -240,7 +240,7 @@ impl Processor for WordCount {
             panic!("boom: a processor bug");
         }
         if let Some(stall) = &self.stall {
-            if word == "stall" && !stall.swap(true, Ordering::SeqCst) {
+            if word.starts_with("stall") && !stall.swap(true, Ordering::SeqCst) {
                 // Stuck inside the processor, longer than max.poll.interval.ms: the group
                 // evicts this member.
                 std::thread::sleep(self.stall_for);
@@ -898,6 +898,8 @@ async fn mock_setup(
     }
     mock.create_topic(&format!("{input}.dlq"), 1, 1)
         .expect("dlq");
+    mock.create_topic(&format!("{app_id}-_commits"), PARTITIONS, 1)
+        .expect("commit markers");
     let p: FutureProducer = client_config(&bootstrap).create().expect("producer");
     for w in words {
         p.send_result(FutureRecord::to(&input).key(w.as_str()).payload(w.as_str()))
@@ -1021,8 +1023,8 @@ async fn a_member_evicted_while_stuck_reads_the_interim_owners_writes_when_tasks
         |b| b.max_poll_interval(max_poll),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // `stall` on every partition: whichever member owns one, A gets stuck on its share.
-    let stall_words: Vec<String> = (0..30).map(|_| "stall".to_string()).collect();
+    // `stall-*` on every partition: whichever partitions A owns, it gets stuck on one.
+    let stall_words: Vec<String> = (0..30).map(|i| format!("stall-{i}")).collect();
     produce_words(&n.input, &stall_words).await;
     all.extend(stall_words);
     wait_for("A to get stuck", || stall.load(Ordering::SeqCst)).await;
@@ -1089,4 +1091,97 @@ async fn a_recreated_changelog_makes_the_stale_local_store_rebuild() {
     assert_eq!(last_values(&msgs).get(&first[0]).map(String::as_str), Some("1"));
     app.stop().await;
     cleanup(&n).await;
+}
+
+/// At-least-once on the mock cluster with output deliveries failing (produce requests refused):
+/// the batch is forgotten, its keys rolled back, its records read again after a back-off, and
+/// in the end every input has its output and every count is exact (at least once, never zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_survives_failed_output_deliveries_on_the_mock_cluster() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let words = words(600, 12);
+    let (mock, app_id, input, output) = mock_setup(&words).await;
+    let bootstrap = mock.bootstrap_servers();
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    let registry = Registry::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wc = WordCount {
+        output: output.clone(),
+        ..Default::default()
+    };
+    let app = StreamsApp::builder(&app_id)
+        .brokers(&bootstrap)
+        .input(&input)
+        .store("counts")
+        .state_dir(dir.path())
+        .create_topics(false)
+        .max_batch(100)
+        .max_retry_backoff(Duration::from_millis(500))
+        .session_timeout(Duration::from_secs(6))
+        .metrics_registry(&registry)
+        .processor(move |_| wc.clone())
+        .build()
+        .expect("app");
+    let token = CancellationToken::new();
+    let _stop_on_drop = token.clone().drop_guard();
+    let handle = tokio::spawn(app.run(token.clone()));
+    let records_in = || Running::read_metric(&registry, "tributary_streams_records_in_total");
+    wait_for("every input to be committed", || records_in() >= words.len() as u64).await;
+
+    let (bs, out, n) = (bootstrap.clone(), output.clone(), words.len());
+    let msgs = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = client_config(&bs)
+            .set("group.id", unique_name("alos-reader"))
+            .create()
+            .expect("reader");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&out, p, Offset::Beginning).expect("tpl");
+        }
+        c.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + DEADLINE;
+        let mut got: Vec<(String, String)> = Vec::new();
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        let expected = as_text(&counts(&words_again(n)));
+        while Instant::now() < deadline && (got.len() < n || last != expected) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let kv = (
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                );
+                last.insert(kv.0.clone(), kv.1.clone());
+                got.push(kv);
+            }
+        }
+        close_consumer(&c, Duration::from_secs(5));
+        got
+    })
+    .await
+    .expect("reader");
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("shutdown within 30 s")
+        .expect("join")
+        .expect("clean run");
+    assert!(msgs.len() >= words.len(), "every input has an output");
+    let last: BTreeMap<String, String> = msgs.into_iter().collect();
+    assert_eq!(last, as_text(&counts(&words)));
+    let aborted = registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "tributary_streams_commits_total")
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == "aborted"))
+        .map(|m| m.counter.value())
+        .sum::<f64>();
+    assert!(aborted >= 1.0, "the refused deliveries aborted a commit");
+}
+
+fn words_again(n: usize) -> Vec<String> {
+    words(n, 12)
 }
