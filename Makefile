@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source stack/env.sh &&
 
-.PHONY: demo test up down status build fmt lint bench
+.PHONY: demo test chaos up down status build fmt lint bench
 
 ## The main job: the stack, the pipeline's processes, a seeded workload, and a summary.
 demo: up
@@ -15,6 +15,12 @@ test: up
 	$(ENV) bash stack/tests/lifecycle.sh
 	$(ENV) bash stack/tests/prometheus.sh
 	$(ENV) bash stack/tests/compose.sh
+	$(ENV) CHAOS_ORDERS=$${CHAOS_ORDERS:-1500} bash stack/tests/chaos.sh
+
+## The pipeline's ten processes killed -9 at random during a workload, each restarted; then the
+## saga's invariants and zero drift in all four stores (stack/tests/chaos.sh for the knobs).
+chaos: up
+	$(ENV) bash stack/tests/chaos.sh
 
 up:
 	bash stack/stack.sh up
@@ -38,6 +44,7 @@ bench: up
 	$(ENV) cargo test -p tributary-sinks --test postgres_bench --test mongodb_bench \
 		--test elasticsearch_bench --test redis_bench -- --ignored --nocapture --test-threads 1
 	$(ENV) cargo run --release -p tributary-streams --example bench
+	$(ENV) bash stack/bench-saga.sh
 
 lint:
 	cargo fmt --all -- --check

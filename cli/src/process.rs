@@ -34,9 +34,17 @@ pub struct Args {
     /// Payments above this many cents are declined.
     #[arg(long)]
     decline_above_cents: Option<i64>,
-    /// Milliseconds between commits (the latency each hop adds).
+    /// Longest time between commits while records keep flowing (a batch also closes as soon
+    /// as the input is drained).
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
+    /// How long the broker may hold an empty fetch (librdkafka's fetch.wait.max.ms): the
+    /// latency floor of each hop against the broker's load from idle fetches.
+    #[arg(long, default_value_t = 50)]
+    fetch_wait_ms: u64,
+    /// Days a processed command or event id is remembered for de-duplication.
+    #[arg(long, default_value_t = 7)]
+    dedupe_retention_days: u64,
     /// Where to serve /metrics and /health.
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics_listen: SocketAddr,
@@ -79,6 +87,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     cfg.saga_timeout = Duration::from_secs(args.saga_timeout_secs.max(1));
     cfg.commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    cfg.fetch_wait = Duration::from_millis(args.fetch_wait_ms.max(1));
+    cfg.dedupe_retention = Duration::from_secs(args.dedupe_retention_days.max(1) * 24 * 3600);
     cfg.decline = DeclineRule {
         user_suffix: Some(args.decline_user_suffix.clone()).filter(|s| !s.is_empty()),
         max_amount_cents: args.decline_above_cents,

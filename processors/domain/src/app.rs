@@ -36,8 +36,10 @@ pub struct DomainConfig {
     /// How long the saga waits for inventory and payments before it compensates and cancels.
     pub saga_timeout: Duration,
     pub decline: DeclineRule,
-    /// The runtime's commit interval: the latency added by each hop.
+    /// The runtime's longest time between commits under steady load.
     pub commit_interval: Duration,
+    /// The runtime's fetch wait (see `tributary_streams::StreamsConfig::fetch_wait`).
+    pub fetch_wait: Duration,
     /// Create missing topics (the pipeline's and the internal ones) before starting.
     pub create_topics: bool,
     /// The analytics' windows (by event time).
@@ -62,6 +64,7 @@ impl DomainConfig {
             saga_timeout: Duration::from_secs(30),
             decline: DeclineRule::default(),
             commit_interval: Duration::from_millis(100),
+            fetch_wait: Duration::from_millis(50),
             create_topics: true,
             analytics_windows: Windows::tumbling(60_000, 5_000),
             dedupe_retention: Duration::from_secs(7 * 24 * 3600),
@@ -152,7 +155,8 @@ impl DomainApp {
             .brokers(&cfg.brokers)
             .processor_name(self.name())
             .state_dir(&cfg.state_dir)
-            .commit_interval(cfg.commit_interval);
+            .commit_interval(cfg.commit_interval)
+            .fetch_wait(cfg.fetch_wait);
         if let Some(r) = metrics {
             b = b.metrics_registry(r);
         }

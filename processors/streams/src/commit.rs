@@ -185,13 +185,22 @@ impl Engine {
         if tpl.count() > 0 {
             // Synchronous when the partitions are about to go (revoke, shutdown), so the next
             // owner starts where we stopped instead of skipping records below the marker.
-            let mode = if self.sync_offsets { CommitMode::Sync } else { CommitMode::Async };
+            let mode = if self.sync_offsets {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
             if let Err(e) = consumer.commit(&tpl, mode) {
                 // The marker is the commit point; the group's offsets only save re-reading.
                 tracing::debug!(error = %e, "group offset commit failed");
             }
         }
-        self.observe_phases(&[("produce", t1 - t0), ("marker", t2 - t1), ("store", t3 - t2), ("offsets", t3.elapsed())]);
+        self.observe_phases(&[
+            ("produce", t1 - t0),
+            ("marker", t2 - t1),
+            ("store", t3 - t2),
+            ("offsets", t3.elapsed()),
+        ]);
         Ok(())
     }
 
@@ -245,7 +254,9 @@ impl Engine {
                     tracing::warn!(error = %abort, "abort failed; trying again");
                 }
                 // Aborted: nothing of the batch is visible; read it again.
-                Err(Failed::Abort(Error::transient(format!("transaction aborted: {e}"))))
+                Err(Failed::Abort(Error::transient(format!(
+                    "transaction aborted: {e}"
+                ))))
             }
         }
     }
@@ -276,10 +287,9 @@ impl Engine {
             }
             for store in task.stores.values() {
                 for r in store.changelog_records(task.next_seq, now)? {
-                    let mut rec: FutureRecord<'_, [u8], [u8]> =
-                        FutureRecord::to(&store.changelog)
-                            .partition(task.id)
-                            .key(r.key.as_slice());
+                    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&store.changelog)
+                        .partition(task.id)
+                        .key(r.key.as_slice());
                     if let Some(v) = &r.value {
                         rec = rec.payload(v.as_slice());
                     }
@@ -366,7 +376,11 @@ impl Engine {
         let mut out = 0u64;
         let mut dlq = 0u64;
         let mut input = 0u64;
-        for task in self.tasks.values_mut().filter(|t| t.ready && t.has_pending()) {
+        for task in self
+            .tasks
+            .values_mut()
+            .filter(|t| t.ready && t.has_pending())
+        {
             out += task.outputs.len() as u64 - task.dead_letters;
             dlq += task.dead_letters;
             input += task.batch_in;
@@ -378,7 +392,9 @@ impl Engine {
                 *e = (*e).max(next);
             }
             for store in task.stores.values_mut() {
-                let off = changelog_offsets.get(&(task.id, store.name.clone())).copied();
+                let off = changelog_offsets
+                    .get(&(task.id, store.name.clone()))
+                    .copied();
                 store.commit_batch(off)?;
             }
             task.committed_seq = task.next_seq;
@@ -492,7 +508,10 @@ mod tests {
             offsets: [("a".to_string(), 7), ("commands.orders".to_string(), -1)].into(),
         };
         assert_eq!(Marker::decode(&m.encode()), Some(m.clone()));
-        assert_eq!(Marker::decode(&Marker::default().encode()), Some(Marker::default()));
+        assert_eq!(
+            Marker::decode(&Marker::default().encode()),
+            Some(Marker::default())
+        );
         let mut long = m.encode();
         long.push(0);
         assert!(Marker::decode(&long).is_none());

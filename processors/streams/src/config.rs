@@ -114,4 +114,3 @@ impl StreamsConfig {
             .chain(std::iter::once(TIMERS_STORE))
     }
 }
-

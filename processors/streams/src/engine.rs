@@ -182,7 +182,11 @@ impl Engine {
     }
 
     /// The assigned input partitions of `task`.
-    fn task_partitions<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, task: i32) -> TopicPartitionList {
+    fn task_partitions<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        task: i32,
+    ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         if let Ok(assigned) = consumer.assignment() {
             for e in assigned.elements() {
@@ -242,7 +246,11 @@ impl Engine {
 
     /// Hands one polled record to its task, or holds it back while the task restores or
     /// retries an earlier record.
-    pub fn dispatch<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, record: crate::Record) {
+    pub fn dispatch<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        record: crate::Record,
+    ) {
         let Some(task) = self.tasks.get_mut(&record.partition) else {
             // librdkafka can still hand out a record fetched before its partition was revoked.
             return;
@@ -309,7 +317,9 @@ impl Engine {
         let app = self.cfg.application_id.clone();
         let ids: Vec<i32> = self.tasks.keys().copied().collect();
         for id in ids {
-            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             if !task.ready {
                 continue;
             }
@@ -354,8 +364,12 @@ impl Engine {
     fn after_unblock<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, id: i32) {
         let app = self.cfg.application_id.clone();
         loop {
-            let Some(task) = self.tasks.get_mut(&id) else { return };
-            let Some(record) = task.backlog.pop_front() else { break };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                return;
+            };
+            let Some(record) = task.backlog.pop_front() else {
+                break;
+            };
             if self.run_record(id, record) {
                 return;
             }
@@ -417,9 +431,7 @@ impl Engine {
             let clock = self.clock.clone();
             let task = self.tasks.get_mut(&id).expect("present");
             task.ready = true;
-            if let Err(e) = task.attempt(None, clock.as_ref(), |p, ctx| p.init(ctx)) {
-                return Err(e);
-            }
+            task.attempt(None, clock.as_ref(), |p, ctx| p.init(ctx))?;
             self.after_unblock(consumer, id);
         }
         Ok(())
@@ -449,7 +461,9 @@ impl Engine {
         let ids: Vec<i32> = self.tasks.keys().copied().collect();
         for id in ids {
             let mut seeks: BTreeMap<String, i64> = BTreeMap::new();
-            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             if !task.ready {
                 // Restoring: no batch yet, and its held-back records stay held back.
                 continue;
@@ -476,7 +490,9 @@ impl Engine {
                 task.next_seq += 1;
             }
             for (topic, off) in seeks {
-                if let Err(e) = consumer.seek(&topic, id, Offset::Offset(off), Duration::from_secs(5)) {
+                if let Err(e) =
+                    consumer.seek(&topic, id, Offset::Offset(off), Duration::from_secs(5))
+                {
                     tracing::warn!(topic, partition = id, error = %e, "seek failed");
                 }
             }
@@ -508,7 +524,11 @@ impl Engine {
         }
     }
 
-    pub fn on_assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: BTreeSet<i32>) -> Result<()> {
+    pub fn on_assign<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: BTreeSet<i32>,
+    ) -> Result<()> {
         let gone: Vec<i32> = self
             .tasks
             .keys()
@@ -576,14 +596,26 @@ impl Engine {
         }
         self.lag_updated = Instant::now();
         let Some(r) = &self.restorer else { return };
-        let Ok(assigned) = consumer.assignment() else { return };
+        let Ok(assigned) = consumer.assignment() else {
+            return;
+        };
         for e in assigned.elements() {
-            let Some(task) = self.tasks.get(&e.partition()) else { continue };
-            let Some(&next) = task.committed_offsets.get(e.topic()) else { continue };
-            if let Ok((_, high)) = r.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)) {
+            let Some(task) = self.tasks.get(&e.partition()) else {
+                continue;
+            };
+            let Some(&next) = task.committed_offsets.get(e.topic()) else {
+                continue;
+            };
+            if let Ok((_, high)) =
+                r.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+            {
                 self.metrics
                     .consumer_lag
-                    .with_label_values(&[self.cfg.application_id.as_str(), e.topic(), &e.partition().to_string()])
+                    .with_label_values(&[
+                        self.cfg.application_id.as_str(),
+                        e.topic(),
+                        &e.partition().to_string(),
+                    ])
                     .set((high - next).max(0));
             }
         }
@@ -679,12 +711,18 @@ pub(crate) fn consumer_config(cfg: &StreamsConfig) -> rdkafka::config::ClientCon
         .set("partition.assignment.strategy", "range")
         // Inputs may be another app's transactional outputs: never read aborted ones.
         .set("isolation.level", "read_committed")
-        .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            cfg.session_timeout.as_millis().to_string(),
+        )
         .set(
             "heartbeat.interval.ms",
             (cfg.session_timeout.as_millis() / 4).max(100).to_string(),
         )
-        .set("max.poll.interval.ms", cfg.max_poll_interval.as_millis().max(1).to_string())
+        .set(
+            "max.poll.interval.ms",
+            cfg.max_poll_interval.as_millis().max(1).to_string(),
+        )
         // Low latency per hop: the broker answers a fetch after at most this long.
         .set("fetch.wait.max.ms", cfg.fetch_wait.as_millis().to_string())
         // Bounded prefetch, so a reply is not queued behind megabytes of new orders.

@@ -41,7 +41,8 @@ fn histogram(
     labels: &[&str],
     buckets: Vec<f64>,
 ) -> Result<HistogramVec> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).map_err(prom)?;
+    let h =
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).map_err(prom)?;
     registry.register(Box::new(h.clone())).map_err(prom)?;
     Ok(h)
 }
@@ -195,7 +196,9 @@ mod tests {
         m.restore_records.with_label_values(&["a", "s"]).inc();
         m.commits.with_label_values(&["a", "ok"]).inc();
         m.restore_remaining.with_label_values(&["a", "s"]).set(0);
-        m.commit_duration.with_label_values(&["a", "produce"]).observe(0.1);
+        m.commit_duration
+            .with_label_values(&["a", "produce"])
+            .observe(0.1);
         m.records_per_commit.with_label_values(&["a"]).observe(3.0);
         m.record_duration.with_label_values(&["a"]).observe(0.1);
         m.retries.with_label_values(&["a"]).inc();
@@ -212,7 +215,10 @@ mod tests {
                     assert!(name.ends_with("_total"), "{name}")
                 }
                 prometheus::proto::MetricType::HISTOGRAM => {
-                    assert!(name.ends_with("_seconds") || name.ends_with("_records"), "{name}")
+                    assert!(
+                        name.ends_with("_seconds") || name.ends_with("_records"),
+                        "{name}"
+                    )
                 }
                 _ => assert!(!name.ends_with("_total"), "{name}"),
             }

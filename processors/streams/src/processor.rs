@@ -237,7 +237,11 @@ impl Context<'_> {
         self.cancel(name)?;
         let now = self.clock.now_ms();
         let timers = self.store_mut(TIMERS_STORE)?;
-        timers.put(&name_key(name.as_bytes()), &Timer::encode(kind, due_ms), now);
+        timers.put(
+            &name_key(name.as_bytes()),
+            &Timer::encode(kind, due_ms),
+            now,
+        );
         timers.put(&due_key(kind, due_ms, name.as_bytes()), &[], now);
         Ok(())
     }

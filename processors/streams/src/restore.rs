@@ -106,8 +106,13 @@ impl Restore {
                     task.committed_seq = marker.seq;
                     task.next_seq = marker.seq.max(self.max_seq) + 1;
                     task.committed_offsets = marker.offsets;
-                    tracing::info!(app, task = task.id, committed_seq = task.committed_seq,
-                        elapsed_ms = self.started.elapsed().as_millis() as u64, "task restored");
+                    tracing::info!(
+                        app,
+                        task = task.id,
+                        committed_seq = task.committed_seq,
+                        elapsed_ms = self.started.elapsed().as_millis() as u64,
+                        "task restored"
+                    );
                     return Ok(true);
                 };
                 let store = task
@@ -155,12 +160,13 @@ impl Restore {
                         match m.payload() {
                             None => cur.chunk.push((k.to_vec(), None, 0)),
                             Some(v) => {
-                                let e = Entry::decode(v).ok_or_else(|| Error::CorruptChangelog {
-                                    topic: cur.topic.clone(),
-                                    partition: task.id,
-                                    offset: m.offset(),
-                                    message: "value is not a store entry".into(),
-                                })?;
+                                let e =
+                                    Entry::decode(v).ok_or_else(|| Error::CorruptChangelog {
+                                        topic: cur.topic.clone(),
+                                        partition: task.id,
+                                        offset: m.offset(),
+                                        message: "value is not a store entry".into(),
+                                    })?;
                                 self.max_seq = self.max_seq.max(e.seq);
                                 if self.all_committed || e.seq <= committed {
                                     cur.rolled_back.remove(k);
@@ -215,7 +221,9 @@ fn flush_chunk(store: &KvStore, cur: &mut Current) -> Result<()> {
     }
     let chunk = std::mem::take(&mut cur.chunk);
     store.apply(
-        chunk.iter().map(|(k, v, t)| (k.as_slice(), v.as_deref(), *t)),
+        chunk
+            .iter()
+            .map(|(k, v, t)| (k.as_slice(), v.as_deref(), *t)),
         (checkpoint >= cur.start).then_some(checkpoint),
         Durability::None,
     )
@@ -236,7 +244,10 @@ fn begin_store(
         Some(c) if c >= high || c + 1 < low => {
             tracing::warn!(store = %store.name, partition, checkpoint = c, low, high, local = ?store.path(),
                 "local store does not match its changelog (topic recreated or truncated?): wiping it and restoring the whole changelog");
-            metrics.stale_stores.with_label_values(&[app, &store.name]).inc();
+            metrics
+                .stale_stores
+                .with_label_values(&[app, &store.name])
+                .inc();
             store.wipe()?;
             low
         }
@@ -278,7 +289,9 @@ pub(crate) fn read_marker(
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "marker read error"),
-            Some(Ok(m)) if m.topic() == topic && m.partition() == task && m.offset() >= high - 1 => {
+            Some(Ok(m))
+                if m.topic() == topic && m.partition() == task && m.offset() >= high - 1 =>
+            {
                 break match m.payload().map(Marker::decode) {
                     Some(Some(marker)) => Ok(Some(marker)),
                     None => Ok(None),

@@ -377,7 +377,10 @@ impl KvStore {
         let t = tx.open_table(BY_TIME).map_err(|e| self.err(e))?;
         let end = time_key(cutoff_ms, &[]);
         let mut out = Vec::new();
-        for item in t.range::<&[u8]>(..end.as_slice()).map_err(|e| self.err(e))? {
+        for item in t
+            .range::<&[u8]>(..end.as_slice())
+            .map_err(|e| self.err(e))?
+        {
             if out.len() >= limit {
                 break;
             }
@@ -464,7 +467,9 @@ impl KvStore {
         // Dirty keys were written back with their committed value: the local copy is unchanged.
         let _ = dirty;
         self.apply(
-            batch.iter().map(|(k, w)| (k.as_slice(), w.value.as_deref(), w.written_ms)),
+            batch
+                .iter()
+                .map(|(k, w)| (k.as_slice(), w.value.as_deref(), w.written_ms)),
             changelog_offset,
             Durability::None,
         )
@@ -570,13 +575,17 @@ mod tests {
         v1.extend_from_slice(&3i32.to_be_bytes());
         v1.extend_from_slice(&9i64.to_be_bytes());
         v1.extend_from_slice(b"v");
-        assert_eq!(Entry::decode(&v1).and_then(|e| e.value), Some(b"v".to_vec()));
+        assert_eq!(
+            Entry::decode(&v1).and_then(|e| e.value),
+            Some(b"v".to_vec())
+        );
     }
 
     #[test]
     fn layers_commit_abort_and_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = KvStore::open(dir.path(), "counts", "app-counts-changelog", None).expect("open");
+        let mut s =
+            KvStore::open(dir.path(), "counts", "app-counts-changelog", None).expect("open");
         assert_eq!(s.checkpoint().expect("checkpoint"), None);
 
         s.put(b"a", b"1", 10);
@@ -599,7 +608,10 @@ mod tests {
         assert_eq!(s.get(b"a").expect("get"), Some(b"1".to_vec()));
         let recs = s.changelog_records(3, 13).expect("records");
         let e = Entry::decode(recs[0].value.as_deref().expect("value")).expect("entry");
-        assert_eq!((e.prev, e.value), (Some(b"1".to_vec()), Some(b"1".to_vec())));
+        assert_eq!(
+            (e.prev, e.value),
+            (Some(b"1".to_vec()), Some(b"1".to_vec()))
+        );
         s.commit_batch(Some(42)).expect("commit");
         assert!(!s.has_pending());
 
@@ -635,7 +647,10 @@ mod tests {
         }
         s.keep_record();
         s.commit_batch(Some(1)).expect("commit");
-        assert_eq!(s.expired(250, 10).expect("expired"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            s.expired(250, 10).expect("expired"),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         // Rewritten later: no longer expired at that cutoff.
         s.put(b"a", b"", 400);
         s.keep_record();

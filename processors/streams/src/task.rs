@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::clock::Clock;
 use crate::dlq::{dead_letter, dead_timer};
 use crate::error::{Error, Result};
-use crate::processor::{due_range, name_of_due_key, Context, Processor, TimeKind, Timer, TIMERS_STORE};
+use crate::processor::{
+    due_range, name_of_due_key, Context, Processor, TimeKind, Timer, TIMERS_STORE,
+};
 use crate::record::{Output, Position, Record};
 use crate::store::KvStore;
 
@@ -187,7 +189,11 @@ impl Task {
                 continue;
             }
             let (start, end) = due_range(kind, upto);
-            let keys = match self.stores.get(TIMERS_STORE).map(|s| s.range(&start, Some(&end), MAX_PER_LOOP)) {
+            let keys = match self
+                .stores
+                .get(TIMERS_STORE)
+                .map(|s| s.range(&start, Some(&end), MAX_PER_LOOP))
+            {
                 Some(Ok(k)) => k,
                 Some(Err(e)) => {
                     tracing::warn!(task = self.id, error = %e, "reading timers failed");
@@ -198,7 +204,9 @@ impl Task {
             for (k, _) in keys {
                 let name = name_of_due_key(&k).unwrap_or_default();
                 let due_ms = i64::from_be_bytes(
-                    k.get(3..11).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
+                    k.get(3..11)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or([0; 8]),
                 ) ^ i64::MIN;
                 due.push((
                     due_ms,
@@ -229,7 +237,12 @@ impl Task {
                     let out = dead_timer(dlq, self.id, &timer, &e);
                     let removed = self.attempt(None, clock, |_, ctx| {
                         ctx.cancel(&timer.name)?;
-                        ctx.forward_with_headers(&out.topic, out.key.as_deref(), None, out.headers.clone());
+                        ctx.forward_with_headers(
+                            &out.topic,
+                            out.key.as_deref(),
+                            None,
+                            out.headers.clone(),
+                        );
                         Ok(())
                     });
                     if let Err(e) = removed {

@@ -60,8 +60,10 @@ impl TestDriver {
 
     /// Gives `store` a retention, as `StreamsBuilder::store_with_retention` does.
     pub fn with_retention(mut self, store: &str, retention: Duration) -> TestDriver {
-        self.retention
-            .insert(store.to_string(), i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        self.retention.insert(
+            store.to_string(),
+            i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+        );
         self
     }
 
@@ -145,7 +147,10 @@ impl TestDriver {
     ) -> Result<()> {
         self.dlq.get_or_insert_with(|| dlq_topic(topic));
         let offset = {
-            let o = self.offsets.entry((topic.to_string(), partition)).or_insert(0);
+            let o = self
+                .offsets
+                .entry((topic.to_string(), partition))
+                .or_insert(0);
             let cur = *o;
             *o += 1;
             cur

@@ -25,8 +25,13 @@ impl Processor for Probe {
         }
         ctx.put("seen", v.as_bytes(), b"")?;
         if let Some(delay) = v.strip_prefix("timer:").and_then(|d| d.split(':').nth(1)) {
-            let name = v.strip_prefix("timer:").and_then(|d| d.split(':').next()).unwrap_or("");
-            let delay: i64 = delay.parse().map_err(|_| Error::rejected("decode", "delay"))?;
+            let name = v
+                .strip_prefix("timer:")
+                .and_then(|d| d.split(':').next())
+                .unwrap_or("");
+            let delay: i64 = delay
+                .parse()
+                .map_err(|_| Error::rejected("decode", "delay"))?;
             ctx.schedule(name, TimeKind::WallClock, ctx.now_ms() + delay)?;
         }
         ctx.forward("out", None, Some(format!("ok:{v}").as_bytes()));
@@ -40,7 +45,11 @@ impl Processor for Probe {
         if timer.name.starts_with("flaky") && ctx.get("seen", b"flaky-ok")?.is_none() {
             return Err(Error::transient("dependency down"));
         }
-        ctx.forward("out", None, Some(format!("fired:{}", timer.name).as_bytes()));
+        ctx.forward(
+            "out",
+            None,
+            Some(format!("fired:{}", timer.name).as_bytes()),
+        );
         Ok(())
     }
 }
@@ -94,8 +103,17 @@ fn a_timer_that_fails_for_good_is_dead_lettered_and_removed_a_retriable_one_stay
     };
     assert_eq!(header(dlq::SOURCE_TIMER).as_deref(), Some("bad1"));
     assert_eq!(header(dlq::ERROR_CLASS).as_deref(), Some("timer"));
-    let names: Vec<String> = d.timers(0).expect("timers").into_iter().map(|t| t.name).collect();
-    assert_eq!(names, ["flaky1"], "the failed timer is gone, the retriable one stays");
+    let names: Vec<String> = d
+        .timers(0)
+        .expect("timers")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["flaky1"],
+        "the failed timer is gone, the retriable one stays"
+    );
     pipe(&mut d, "flaky-ok");
     d.take_outputs();
     d.advance_wall_clock(1).expect("advance");
@@ -153,7 +171,10 @@ fn retention_bounds_a_processed_id_store_and_duplicates_inside_it_are_caught() {
         max_len <= (RETENTION_MS as u64) + 10_000,
         "store grew to {max_len} entries"
     );
-    assert!(max_len >= RETENTION_MS as u64 / 2, "retention deleted too much: {max_len}");
+    assert!(
+        max_len >= RETENTION_MS as u64 / 2,
+        "retention deleted too much: {max_len}"
+    );
     // An id from 10 s ago is still known: its redelivery is a duplicate.
     let recent = format!("id-{}", N - 10_000);
     pipe(&mut d, &recent);

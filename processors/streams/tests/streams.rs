@@ -466,10 +466,16 @@ async fn kill_and_restart_at(point: KillPoint, salt: usize) {
     // count up to its exact total.
     let out = n.output.clone();
     let total = input.len();
-    let msgs = tokio::task::spawn_blocking(move || read_until(&out, PARTITIONS, |m| m.len() >= total))
-        .await
-        .expect("reader");
-    assert!(msgs.len() >= input.len(), "{} outputs for {} inputs", msgs.len(), input.len());
+    let msgs =
+        tokio::task::spawn_blocking(move || read_until(&out, PARTITIONS, |m| m.len() >= total))
+            .await
+            .expect("reader");
+    assert!(
+        msgs.len() >= input.len(),
+        "{} outputs for {} inputs",
+        msgs.len(),
+        input.len()
+    );
     if point != KillPoint::BeforeAcks {
         // The restart read the killed batch's changelog tail past the local checkpoint.
         assert!(second.metric("tributary_streams_restore_records_total") > 0);
@@ -708,11 +714,19 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
     let mut dlq = tokio::task::spawn_blocking(move || read_until(&dlq_topic, 1, |m| m.len() >= 5))
         .await
         .expect("reader");
-    assert_eq!(dlq.len(), 5, "one dead letter per corrupt record and one for the panic");
+    assert_eq!(
+        dlq.len(),
+        5,
+        "one dead letter per corrupt record and one for the panic"
+    );
     let input = read_until(&n.input, PARTITIONS, |m| m.len() >= recs.len());
     let panicked: Vec<_> = dlq.iter().filter(|d| d.key == b"boom").collect();
     assert_eq!(panicked.len(), 1);
-    let class = panicked[0].headers.iter().find(|(k, _)| k == "dlq.error.class").map(|(_, v)| v.clone());
+    let class = panicked[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "dlq.error.class")
+        .map(|(_, v)| v.clone());
     assert_eq!(class.as_deref(), Some(&b"panic"[..]));
     dlq.retain(|d| d.key != b"boom");
     for d in &dlq {
@@ -996,7 +1010,10 @@ async fn a_long_retriable_failure_neither_evicts_the_member_nor_changes_the_outc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_evicted_while_stuck_reads_the_interim_owners_writes_when_tasks_return() {
     let n = setup("wc-stall").await;
-    let (dir_a, dir_b) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
     let max_poll = Duration::from_secs(6);
     let mut all = words(300, 41);
     produce_words(&n.input, &all).await;
@@ -1065,12 +1082,22 @@ async fn a_recreated_changelog_makes_the_stale_local_store_rebuild() {
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         client_config(&brokers()).create().expect("admin");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for t in [format!("{}-counts-changelog", n.app), format!("{}-_commits", n.app)] {
+    for t in [
+        format!("{}-counts-changelog", n.app),
+        format!("{}-_commits", n.app),
+    ] {
         let _ = admin.delete_topics(&[t.as_str()], &opts).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        ensure_topic(&brokers(), &t, TopicSpec { partitions: PARTITIONS, compacted: true })
-            .await
-            .expect("recreate");
+        ensure_topic(
+            &brokers(),
+            &t,
+            TopicSpec {
+                partitions: PARTITIONS,
+                compacted: true,
+            },
+        )
+        .await
+        .expect("recreate");
     }
     // New words only: their counts start at 1 again; a stale store would also be harmless for
     // them, so one word of the first run is sent again too and must count as its first.
@@ -1084,11 +1111,16 @@ async fn a_recreated_changelog_makes_the_stale_local_store_rebuild() {
     let word = first[0].clone();
     let out = n.output.clone();
     let msgs = tokio::task::spawn_blocking(move || {
-        read_until(&out, PARTITIONS, |m| last_values(m).get(&word).is_some_and(|v| v == "1"))
+        read_until(&out, PARTITIONS, |m| {
+            last_values(m).get(&word).is_some_and(|v| v == "1")
+        })
     })
     .await
     .expect("reader");
-    assert_eq!(last_values(&msgs).get(&first[0]).map(String::as_str), Some("1"));
+    assert_eq!(
+        last_values(&msgs).get(&first[0]).map(String::as_str),
+        Some("1")
+    );
     app.stop().await;
     cleanup(&n).await;
 }
@@ -1130,7 +1162,10 @@ async fn at_least_once_survives_failed_output_deliveries_on_the_mock_cluster() {
     let _stop_on_drop = token.clone().drop_guard();
     let handle = tokio::spawn(app.run(token.clone()));
     let records_in = || Running::read_metric(&registry, "tributary_streams_records_in_total");
-    wait_for("every input to be committed", || records_in() >= words.len() as u64).await;
+    wait_for("every input to be committed", || {
+        records_in() >= words.len() as u64
+    })
+    .await;
 
     let (bs, out, n) = (bootstrap.clone(), output.clone(), words.len());
     let msgs = tokio::task::spawn_blocking(move || {
@@ -1140,7 +1175,8 @@ async fn at_least_once_survives_failed_output_deliveries_on_the_mock_cluster() {
             .expect("reader");
         let mut tpl = TopicPartitionList::new();
         for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&out, p, Offset::Beginning).expect("tpl");
+            tpl.add_partition_offset(&out, p, Offset::Beginning)
+                .expect("tpl");
         }
         c.assign(&tpl).expect("assign");
         let deadline = Instant::now() + DEADLINE;
