@@ -145,6 +145,30 @@ impl DomainApp {
         metrics: Option<&Registry>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        self.run_inner(cfg, metrics, shutdown, None).await
+    }
+
+    /// Like [`run`](Self::run), stopping as `kill -9` would at `point` of a commit once `kill`
+    /// fires (the recovery tests run apps in-process).
+    #[doc(hidden)]
+    pub async fn run_with_kill_switch(
+        self,
+        cfg: &DomainConfig,
+        shutdown: CancellationToken,
+        kill: CancellationToken,
+        point: tributary_streams::KillPoint,
+    ) -> Result<()> {
+        self.run_inner(cfg, None, shutdown, Some((kill, point)))
+            .await
+    }
+
+    async fn run_inner(
+        self,
+        cfg: &DomainConfig,
+        metrics: Option<&Registry>,
+        shutdown: CancellationToken,
+        kill: Option<(CancellationToken, tributary_streams::KillPoint)>,
+    ) -> Result<()> {
         if cfg.create_topics {
             cfg.topics.ensure(&cfg.brokers, cfg.partitions).await?;
         }
@@ -230,7 +254,11 @@ impl DomainApp {
                 })
             }
         };
-        b.build()?.run(shutdown).await?;
+        let app = b.build()?;
+        match kill {
+            None => app.run(shutdown).await?,
+            Some((kill, point)) => app.run_with_kill_switch(shutdown, kill, point).await?,
+        }
         Ok(())
     }
 }

@@ -301,10 +301,31 @@ impl InventoryProcessor {
         c: &ReserveStock,
     ) -> Result<()> {
         if let Some(r) = load::<Reservation>(ctx, RESERVATIONS, &c.order_id)? {
-            // One reservation per order: a second request (a saga retry) changes nothing, and a
+            // One reservation per order: a second request (a saga retry) takes nothing, and a
             // request after the saga gave up (voided) must not take stock nobody will release.
-            tracing::debug!(order = %c.order_id, status = ?r.status, "reservation exists; request ignored");
-            return Ok(());
+            // While the first answer is the reservation's last word, it is given again: the saga
+            // asking twice means it may not have seen it (its state was rolled back after a crash
+            // and the answer read before the request it answers), and an order must not wait for
+            // its timeout over an answer already given. The same sequence makes the repeat a
+            // duplicate for every reader of the topic.
+            tracing::debug!(order = %c.order_id, status = ?r.status, "reservation exists; answering again");
+            return match r.status {
+                ReservationStatus::Reserved if r.sequence == 1 => {
+                    let event = StockReserved {
+                        order_id: c.order_id.clone(),
+                        reserved_items: items(&r.items),
+                    };
+                    self.emit(ctx, env, &c.order_id, r.sequence, event)
+                }
+                ReservationStatus::Failed if r.sequence == 1 => {
+                    let event = StockReservationFailed {
+                        order_id: c.order_id.clone(),
+                        shortages: Vec::new(),
+                    };
+                    self.emit(ctx, env, &c.order_id, r.sequence, event)
+                }
+                _ => Ok(()),
+            };
         }
         let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
         for item in &c.items {

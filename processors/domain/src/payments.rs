@@ -171,9 +171,43 @@ impl PaymentsProcessor {
         env: &Envelope<PaymentCommand>,
         c: &AuthorizePayment,
     ) -> Result<()> {
-        if load::<Payment>(ctx, PAYMENTS, &c.payment_id)?.is_some() {
-            // The same payment asked for twice: the first answer stands.
-            return Ok(());
+        if let Some(p) = load::<Payment>(ctx, PAYMENTS, &c.payment_id)? {
+            // The same payment asked for twice: the first answer stands, and is given again
+            // while it is the payment's last word (same sequence, so a duplicate for readers):
+            // the saga may not have seen it (see the inventory's reservation requests).
+            if p.sequence != 1 {
+                return Ok(());
+            }
+            return match p.status {
+                PaymentStatus::Authorized => {
+                    let event = PaymentAuthorized {
+                        payment_id: p.payment_id.clone(),
+                        order_id: p.order_id.clone(),
+                        user_id: p.user_id.clone(),
+                        amount_cents: p.amount_cents,
+                        currency: p.currency.clone(),
+                        authorization_code: p.authorization_code.clone().unwrap_or_default(),
+                    };
+                    self.emit(ctx, env, &p, event)
+                }
+                PaymentStatus::Declined => {
+                    let (reason, detail) = self
+                        .rule
+                        .decide(&p.user_id, p.amount_cents)
+                        .unwrap_or((DeclineReason::Other, "declined before".to_string()));
+                    let event = PaymentDeclined {
+                        payment_id: p.payment_id.clone(),
+                        order_id: p.order_id.clone(),
+                        user_id: p.user_id.clone(),
+                        amount_cents: p.amount_cents,
+                        currency: p.currency.clone(),
+                        reason,
+                        detail: Some(detail),
+                    };
+                    self.emit(ctx, env, &p, event)
+                }
+                _ => Ok(()),
+            };
         }
         let decision = self.rule.decide(&c.user_id, c.amount_cents);
         let mut p = Payment {

@@ -14,6 +14,7 @@ use tributary_producers::Command;
 use tributary_runtime::config::KAFKA_BROKERS;
 use tributary_runtime::kafka::client_config;
 use tributary_schemas::domain::*;
+use tributary_schemas::types::TopicPayload;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_paths_success_stock_out_decline_and_invalid() {
@@ -465,5 +466,197 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
         .find(|(k, _)| k == "dlq.error.class")
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     assert_eq!(class.as_deref(), Some("decode"));
+    p.stop_all().await;
+}
+
+/// The failure issue 10 saw, provoked on purpose: the saga, inventory and payments killed at each
+/// step of a commit that matters (outputs sent but not acknowledged; changelog acknowledged but
+/// the commit point not written; the commit point written but not the group's offsets) while
+/// orders are in flight, each restarted at once on the same local state. Afterwards no reply is
+/// lost (no order times out although its payment was authorized) and every invariant holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_killed_at_every_commit_step_lose_no_reply_and_hold_every_invariant() {
+    use tributary_producers::loadgen::Workload;
+    use tributary_streams::KillPoint;
+
+    let mut p = Pipeline::new("saga-kills", Duration::from_secs(30)).await;
+    for app in [
+        DomainApp::Users,
+        DomainApp::Notifications,
+        DomainApp::Analytics,
+    ] {
+        p.start(app);
+    }
+    let workload = Workload {
+        seed: 13,
+        users: 100,
+        products: 20,
+        orders: 900,
+        decline_share: 0.2,
+        initial_stock: 80,
+        id_prefix: String::new(),
+    };
+    let (catalog, orders_cmds): (Vec<Command>, Vec<Command>) = workload
+        .commands()
+        .into_iter()
+        .filter(|c| !matches!(c, Command::Users(_)))
+        .partition(|c| matches!(c, Command::Inventory(_)));
+    let placed: Vec<String> = orders_cmds
+        .iter()
+        .map(|c| c.aggregate_id().to_string())
+        .collect();
+    let rounds = [
+        (DomainApp::Orders, KillPoint::AfterChangelogAck),
+        (DomainApp::Payments, KillPoint::BeforeAcks),
+        (DomainApp::Inventory, KillPoint::AfterMarker),
+        (DomainApp::Orders, KillPoint::BeforeAcks),
+        (DomainApp::Payments, KillPoint::AfterChangelogAck),
+        (DomainApp::Orders, KillPoint::AfterMarker),
+    ];
+    let mut kills = Vec::new();
+    for app in [DomainApp::Orders, DomainApp::Inventory, DomainApp::Payments] {
+        let point = rounds
+            .iter()
+            .find(|(a, _)| *a == app)
+            .map(|(_, k)| *k)
+            .expect("round");
+        kills.push((app, p.start_killable(app, point)));
+    }
+    for c in &catalog {
+        p.send(c.clone()).await;
+    }
+    let mut orders = p.reader::<OrderEvent>(p.cfg.topics.events_orders());
+    let chunk = orders_cmds.len() / rounds.len();
+    for (round, (app, _)) in rounds.iter().enumerate() {
+        for c in &orders_cmds[round * chunk..(round + 1) * chunk] {
+            p.send(c.clone()).await;
+        }
+        // Orders in flight: kill the app at its next commit, restart it at once (armed for its
+        // next round's kill point if it has one, plain otherwise).
+        let i = kills.iter().position(|(a, _)| a == app).expect("armed");
+        let (_, kill) = kills.remove(i);
+        p.kill(*app, kill).await;
+        match rounds[round + 1..].iter().find(|(a, _)| a == app) {
+            Some((_, next)) => kills.push((*app, p.start_killable(*app, *next))),
+            None => p.start(*app),
+        }
+    }
+    for c in &orders_cmds[rounds.len() * chunk..] {
+        p.send(c.clone()).await;
+    }
+
+    let ids: Vec<&str> = placed.iter().map(String::as_str).collect();
+    let orders = orders
+        .until("every outcome", |e| has_outcomes(e, &ids))
+        .await
+        .to_vec();
+    let outcomes = invariants::outcomes(&orders);
+    let timeouts = outcomes
+        .values()
+        .filter(|o| o.first() == Some(&Outcome::Cancelled(CancelReason::Timeout)))
+        .count();
+    let confirmed = outcomes
+        .values()
+        .filter(|o| o.first() == Some(&Outcome::Confirmed))
+        .count();
+    assert!(confirmed > 0);
+
+    let mut payments = p.reader::<PaymentEvent>(p.cfg.topics.events_payments());
+    let payments = payments
+        .until("a capture per confirmed order", |e| {
+            e.iter()
+                .filter(|e| matches!(e.payload, PaymentEvent::PaymentCaptured(_)))
+                .count()
+                >= confirmed
+        })
+        .await
+        .to_vec();
+    let mut inventory = p.reader::<InventoryEvent>(p.cfg.topics.events_inventory());
+    let inventory = inventory
+        .until("a sale per confirmed order", |e| {
+            e.iter()
+                .filter(|e| matches!(e.payload, InventoryEvent::StockCommitted(_)))
+                .count()
+                >= confirmed
+        })
+        .await
+        .to_vec();
+    let mut notes = p.reader::<NotificationEvent>(p.cfg.topics.events_notifications());
+    let notes = notes
+        .until("a notification per outcome", |e| e.len() >= placed.len())
+        .await
+        .to_vec();
+    assert_no_violations(invariants::every_order_final(ids.iter().copied(), &orders));
+    assert_no_violations(invariants::stock_conserved(&inventory));
+    assert_no_violations(invariants::captured_iff_confirmed(&orders, &payments));
+    assert_no_violations(invariants::refunded_iff_compensated_after_authorization(
+        &orders, &payments,
+    ));
+    assert_no_violations(invariants::one_notification_per_outcome(&orders, &notes));
+    if timeouts > 0 {
+        // Say what the timed-out orders had been answered, and when, before failing.
+        let timed_out: Vec<&String> = outcomes
+            .iter()
+            .filter(|(_, o)| o.first() == Some(&Outcome::Cancelled(CancelReason::Timeout)))
+            .map(|(id, _)| id)
+            .collect();
+        for id in timed_out.iter().take(5) {
+            let placed_at = orders
+                .iter()
+                .find(|e| &&e.aggregate_id == id)
+                .map(|e| e.timestamp);
+            let inv: Vec<_> = inventory
+                .iter()
+                .filter(|e| &&e.aggregate_id == id)
+                .map(|e| (e.payload.branch_name(), e.timestamp))
+                .collect();
+            let pay: Vec<_> = payments
+                .iter()
+                .filter(|e| e.aggregate_id.ends_with(id.as_str()))
+                .map(|e| (e.payload.branch_name(), e.timestamp))
+                .collect();
+            let ord: Vec<_> = orders
+                .iter()
+                .filter(|e| &&e.aggregate_id == id)
+                .map(|e| (e.payload.branch_name(), e.timestamp))
+                .collect();
+            eprintln!("timed out {id}: placed {placed_at:?} orders {ord:?} inventory {inv:?} payments {pay:?}");
+        }
+    }
+    assert_eq!(
+        timeouts, 0,
+        "no order waited past the saga timeout: no reply was lost"
+    );
+    if timeouts > 0 {
+        // Say what the timed-out orders had been answered, and when, before failing.
+        let timed_out: Vec<&String> = outcomes
+            .iter()
+            .filter(|(_, o)| o.first() == Some(&Outcome::Cancelled(CancelReason::Timeout)))
+            .map(|(id, _)| id)
+            .collect();
+        for id in timed_out.iter().take(5) {
+            let show = |name: &str, ts: i64| format!("{name}@{ts}");
+            let ord: Vec<_> = orders
+                .iter()
+                .filter(|e| &&e.aggregate_id == id)
+                .map(|e| show(e.payload.branch_name(), e.timestamp))
+                .collect();
+            let inv: Vec<_> = inventory
+                .iter()
+                .filter(|e| &&e.aggregate_id == id)
+                .map(|e| show(e.payload.branch_name(), e.timestamp))
+                .collect();
+            let pay: Vec<_> = payments
+                .iter()
+                .filter(|e| e.aggregate_id.ends_with(id.as_str()))
+                .map(|e| show(e.payload.branch_name(), e.timestamp))
+                .collect();
+            eprintln!("timed out {id}: orders {ord:?} inventory {inv:?} payments {pay:?}");
+        }
+    }
+    assert_eq!(
+        timeouts, 0,
+        "no order waited past the saga timeout: no reply was lost"
+    );
     p.stop_all().await;
 }

@@ -590,15 +590,16 @@ impl Engine {
     }
 
     pub fn update_lag<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        // Lag needs a round trip per partition, so it is refreshed every few seconds only.
+        // Lag needs a round trip per partition, so it is refreshed every few seconds only
+        // (and as soon as a first committed position is known).
         if self.lag_updated.elapsed() < LAG_INTERVAL {
             return;
         }
-        self.lag_updated = Instant::now();
         let Some(r) = &self.restorer else { return };
         let Ok(assigned) = consumer.assignment() else {
             return;
         };
+        let mut set = false;
         for e in assigned.elements() {
             let Some(task) = self.tasks.get(&e.partition()) else {
                 continue;
@@ -617,7 +618,11 @@ impl Engine {
                         &e.partition().to_string(),
                     ])
                     .set((high - next).max(0));
+                set = true;
             }
+        }
+        if set {
+            self.lag_updated = Instant::now();
         }
     }
 

@@ -75,6 +75,36 @@ impl Pipeline {
         self.running.push((app, token, handle));
     }
 
+    /// Starts `app` with a kill switch at `point`; [`kill`](Self::kill) fires it.
+    pub fn start_killable(
+        &mut self,
+        app: DomainApp,
+        point: tributary_streams::KillPoint,
+    ) -> CancellationToken {
+        let token = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let cfg = self.cfg.clone();
+        let (t, k) = (token.clone(), kill.clone());
+        let handle = tokio::spawn(async move { app.run_with_kill_switch(&cfg, t, k, point).await });
+        self.running.push((app, token, handle));
+        kill
+    }
+
+    /// Fires `kill` (from [`start_killable`](Self::start_killable)) and waits until `app` died
+    /// at its kill point (its next commit), leaving what a `kill -9` there would leave.
+    pub async fn kill(&mut self, app: DomainApp, kill: CancellationToken) {
+        let i = self
+            .running
+            .iter()
+            .position(|(a, _, _)| *a == app)
+            .expect("app is running");
+        let (_, _token, handle) = self.running.remove(i);
+        kill.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .expect("killed within 60 s");
+    }
+
     pub async fn stop_all(&mut self) {
         for (app, token, handle) in self.running.drain(..) {
             token.cancel();
