@@ -125,6 +125,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .input(&input)
         .store("counts")
         .state_dir(&state)
+        // BENCH_IDEMPOTENT=1: librdkafka's idempotent producer instead of one request in flight.
+        .idempotent_producer(std::env::var("BENCH_IDEMPOTENT").is_ok_and(|v| v == "1"))
         .metrics_registry(&registry)
         .processor(move |_| wc.clone())
         .build()?;
