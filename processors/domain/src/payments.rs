@@ -165,6 +165,47 @@ impl PaymentsProcessor {
             .reject(ctx, &self.topics, env, &self.commands, reason, message)
     }
 
+    /// The answer a payment gives while it is its last word: authorized or declined, from
+    /// its state alone, so that the first answer and a repeat are the same event.
+    fn answer(
+        &self,
+        ctx: &mut Context<'_>,
+        env: &Envelope<PaymentCommand>,
+        p: &Payment,
+    ) -> Result<()> {
+        match p.status {
+            PaymentStatus::Authorized => {
+                let event = PaymentAuthorized {
+                    payment_id: p.payment_id.clone(),
+                    order_id: p.order_id.clone(),
+                    user_id: p.user_id.clone(),
+                    amount_cents: p.amount_cents,
+                    currency: p.currency.clone(),
+                    authorization_code: p.authorization_code.clone().unwrap_or_default(),
+                };
+                self.emit(ctx, env, p, event)
+            }
+            PaymentStatus::Declined => {
+                // The rule is deterministic, so the reason is the one given first.
+                let (reason, detail) = self
+                    .rule
+                    .decide(&p.user_id, p.amount_cents)
+                    .unwrap_or((DeclineReason::Other, "declined".to_string()));
+                let event = PaymentDeclined {
+                    payment_id: p.payment_id.clone(),
+                    order_id: p.order_id.clone(),
+                    user_id: p.user_id.clone(),
+                    amount_cents: p.amount_cents,
+                    currency: p.currency.clone(),
+                    reason,
+                    detail: Some(detail),
+                };
+                self.emit(ctx, env, p, event)
+            }
+            PaymentStatus::Captured | PaymentStatus::Refunded => Ok(()),
+        }
+    }
+
     fn authorize(
         &self,
         ctx: &mut Context<'_>,
@@ -178,79 +219,26 @@ impl PaymentsProcessor {
             if p.sequence != 1 {
                 return Ok(());
             }
-            return match p.status {
-                PaymentStatus::Authorized => {
-                    let event = PaymentAuthorized {
-                        payment_id: p.payment_id.clone(),
-                        order_id: p.order_id.clone(),
-                        user_id: p.user_id.clone(),
-                        amount_cents: p.amount_cents,
-                        currency: p.currency.clone(),
-                        authorization_code: p.authorization_code.clone().unwrap_or_default(),
-                    };
-                    self.emit(ctx, env, &p, event)
-                }
-                PaymentStatus::Declined => {
-                    let (reason, detail) = self
-                        .rule
-                        .decide(&p.user_id, p.amount_cents)
-                        .unwrap_or((DeclineReason::Other, "declined before".to_string()));
-                    let event = PaymentDeclined {
-                        payment_id: p.payment_id.clone(),
-                        order_id: p.order_id.clone(),
-                        user_id: p.user_id.clone(),
-                        amount_cents: p.amount_cents,
-                        currency: p.currency.clone(),
-                        reason,
-                        detail: Some(detail),
-                    };
-                    self.emit(ctx, env, &p, event)
-                }
-                _ => Ok(()),
-            };
+            return self.answer(ctx, env, &p);
         }
-        let decision = self.rule.decide(&c.user_id, c.amount_cents);
-        let mut p = Payment {
+        let authorized = self.rule.decide(&c.user_id, c.amount_cents).is_none();
+        let p = Payment {
             payment_id: c.payment_id.clone(),
             order_id: c.order_id.clone(),
             user_id: c.user_id.clone(),
             amount_cents: c.amount_cents,
             currency: c.currency.clone(),
-            authorization_code: None,
-            status: PaymentStatus::Declined,
+            // Derived from the payment id: a replayed authorization gets the same code.
+            authorization_code: authorized.then(|| format!("AUTH-{}", c.payment_id)),
+            status: if authorized {
+                PaymentStatus::Authorized
+            } else {
+                PaymentStatus::Declined
+            },
             sequence: 1,
         };
-        match decision {
-            Some((reason, detail)) => {
-                save(ctx, PAYMENTS, &p.payment_id, &p)?;
-                let event = PaymentDeclined {
-                    payment_id: p.payment_id.clone(),
-                    order_id: p.order_id.clone(),
-                    user_id: p.user_id.clone(),
-                    amount_cents: p.amount_cents,
-                    currency: p.currency.clone(),
-                    reason,
-                    detail: Some(detail),
-                };
-                self.emit(ctx, env, &p, event)
-            }
-            None => {
-                // Derived from the payment id: a replayed authorization gets the same code.
-                let code = format!("AUTH-{}", p.payment_id);
-                p.authorization_code = Some(code.clone());
-                p.status = PaymentStatus::Authorized;
-                save(ctx, PAYMENTS, &p.payment_id, &p)?;
-                let event = PaymentAuthorized {
-                    payment_id: p.payment_id.clone(),
-                    order_id: p.order_id.clone(),
-                    user_id: p.user_id.clone(),
-                    amount_cents: p.amount_cents,
-                    currency: p.currency.clone(),
-                    authorization_code: code,
-                };
-                self.emit(ctx, env, &p, event)
-            }
-        }
+        save(ctx, PAYMENTS, &p.payment_id, &p)?;
+        self.answer(ctx, env, &p)
     }
 
     fn capture(
