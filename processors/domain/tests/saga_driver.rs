@@ -1303,7 +1303,10 @@ fn payments_authorize_unless_the_rule_declines() {
     }
     let again = pay.authorize("o-2", "u-2", 100);
     assert_eq!(payment_event(&again, "o-2").sequence, 1);
-    assert_eq!(decline_reason(&again, "o-2"), DeclineReason::InsufficientFunds);
+    assert_eq!(
+        decline_reason(&again, "o-2"),
+        DeclineReason::InsufficientFunds
+    );
     assert_eq!(pay.payment("o-1").amount_cents, 10_000);
     assert_eq!(pay.payment("o-2").status, PaymentStatus::Declined);
 }
