@@ -976,6 +976,15 @@ fn inventory_reserve_release_commit_conserve_stock() {
         inv.reservation("o-1").expect("held").status,
         ReservationStatus::Reserved
     );
+    // The saga asks again (its state was rolled back after a crash and it may have read the
+    // answer before re-sending the request): the same answer again, same sequence, no stock.
+    let outs = inv.reserve("o-1", &[("p-a", 3), ("p-b", 2)]);
+    let ev = keyed::<InventoryEvent>(&outs, "events.inventory", "o-1");
+    assert_eq!(ev.len(), 1);
+    assert!(matches!(ev[0].payload, InventoryEvent::StockReserved(_)));
+    assert_eq!(ev[0].sequence, 1);
+    assert!(stock_changes(&outs).is_empty());
+    assert_eq!(inv.levels("p-a"), (7, 3, 0));
 
     // Release: the units go back.
     let outs = inv.release("o-1");
