@@ -469,7 +469,7 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
     p.stop_all().await;
 }
 
-/// The failure issue 10 saw, provoked on purpose: the saga, inventory and payments killed at each
+/// A lost reply provoked on purpose: the saga, inventory and payments killed at each
 /// step of a commit that matters (outputs sent but not acknowledged; changelog acknowledged but
 /// the commit point not written; the commit point written but not the group's offsets) while
 /// orders are in flight, each restarted at once on the same local state. Afterwards no reply is
