@@ -54,6 +54,10 @@ impl StreamsBuilder {
         self.config.commit_interval = d;
         self
     }
+    pub fn min_commit_interval(mut self, d: Duration) -> Self {
+        self.config.min_commit_interval = d;
+        self
+    }
     pub fn max_batch(mut self, n: usize) -> Self {
         self.config.max_batch = n.max(1);
         self

@@ -25,6 +25,10 @@ pub struct StreamsConfig {
     pub state_dir: PathBuf,
     /// Longest time between two commits while records flow.
     pub commit_interval: Duration,
+    /// Shortest life of a batch: a drained input commits at once only once the batch is this
+    /// old (fewer, larger commits under load, for at most this much latency per hop). 20 ms by
+    /// default; zero commits as soon as the input is drained (BENCHMARKS.md, "saga").
+    pub min_commit_interval: Duration,
     /// Most records per commit.
     pub max_batch: usize,
     /// How long the group waits for a silent member before moving its tasks.
@@ -76,6 +80,7 @@ impl StreamsConfig {
             stores: Vec::new(),
             state_dir: std::env::temp_dir().join("tributary-streams"),
             commit_interval: Duration::from_millis(100),
+            min_commit_interval: Duration::from_millis(20),
             max_batch: 2000,
             session_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(10),
