@@ -53,6 +53,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use crate::config::Guarantee;
 use crate::engine::{Engine, KillPoint};
 use crate::error::{Error, Result};
+use crate::record::Output;
 
 const MARKER_V1: u8 = 1;
 const MARKER_KEY: &[u8] = b"commit";
@@ -263,27 +264,17 @@ impl Engine {
 
     /// Sends the outputs, dead letters and changelog entries of every ready task's batch.
     fn produce_batch(&mut self) -> Result<PendingBatch> {
+        // An output sent early failed at once (too large, say): the batch cannot commit.
+        if let Some(e) = self.send_error.take() {
+            return Err(e);
+        }
         let now = self.clock.now_ms();
-        let mut outputs = Vec::new();
+        // Outputs already sent as their records succeeded are awaited with the rest.
+        let mut outputs = std::mem::take(&mut self.in_flight);
         let mut changelog = Vec::new();
         for task in self.tasks.values().filter(|t| t.ready && t.has_pending()) {
             for o in &task.outputs {
-                let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-                for (k, v) in &o.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
-                let mut rec: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&o.topic).headers(headers);
-                if let Some(k) = &o.key {
-                    rec = rec.key(k.as_slice());
-                }
-                if let Some(v) = &o.value {
-                    rec = rec.payload(v.as_slice());
-                }
-                outputs.push(send(&self.producer, rec)?);
+                outputs.push(send(&self.producer, output_record(o))?);
             }
             for store in task.stores.values() {
                 for r in store.changelog_records(task.next_seq, now)? {
@@ -381,10 +372,11 @@ impl Engine {
             .values_mut()
             .filter(|t| t.ready && t.has_pending())
         {
-            out += task.outputs.len() as u64 - task.dead_letters;
+            out += task.sent + task.outputs.len() as u64 - task.dead_letters;
             dlq += task.dead_letters;
             input += task.batch_in;
             task.outputs.clear();
+            task.sent = 0;
             task.dead_letters = 0;
             task.batch_in = 0;
             for (t, (_, next)) in std::mem::take(&mut task.consumed) {
@@ -464,6 +456,64 @@ fn txn_fatal(e: &Error) -> bool {
         },
         Error::Config(_) => true,
         _ => false,
+    }
+}
+
+/// The producer record of one output or dead letter.
+fn output_record(o: &Output) -> FutureRecord<'_, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+    for (k, v) in &o.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic).headers(headers);
+    if let Some(k) = &o.key {
+        rec = rec.key(k.as_slice());
+    }
+    if let Some(v) = &o.value {
+        rec = rec.payload(v.as_slice());
+    }
+    rec
+}
+
+impl Engine {
+    /// At-least-once: sends the outputs and dead letters of task `id` now, without waiting for
+    /// the commit, so the next hop can start on them while this batch is still open. The
+    /// commit awaits their acknowledgements with the changelog's, before its marker, so the
+    /// protocol's order (every effect acknowledged before the commit point) is unchanged; a
+    /// batch that does not commit sends them again when its records are re-read (at least
+    /// once). Exactly-once keeps them for the transaction.
+    pub(crate) fn send_outputs(&mut self, id: i32) {
+        if self.cfg.guarantee != Guarantee::AtLeastOnce || self.aborted {
+            return;
+        }
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        for o in task.outputs.drain(..) {
+            match send(&self.producer, output_record(&o)) {
+                Ok(f) => self.in_flight.push(f),
+                Err(e) => {
+                    self.send_error.get_or_insert(e);
+                }
+            }
+            task.sent += 1;
+        }
+    }
+
+    /// [`send_outputs`](Self::send_outputs) for every task.
+    pub(crate) fn send_all_outputs(&mut self) {
+        let ids: Vec<i32> = self
+            .tasks
+            .values()
+            .filter(|t| !t.outputs.is_empty())
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            self.send_outputs(id);
+        }
     }
 }
 

@@ -23,11 +23,14 @@ pub struct StreamsConfig {
     pub stores: Vec<String>,
     /// Root of the local stores: `<state_dir>/<app>/task-<partition>/<store>.redb`.
     pub state_dir: PathBuf,
-    /// Longest time between two commits while records flow.
+    /// Longest time between two commits while records flow. At-least-once, a batch stays open
+    /// this long even when the input is drained: its outputs are sent as they are made, so the
+    /// interval costs the next hop nothing, and longer batches mean fewer commits and fewer
+    /// changelog records (a key written several times in a batch is logged once).
     pub commit_interval: Duration,
-    /// Shortest life of a batch: a drained input commits at once only once the batch is this
-    /// old (fewer, larger commits under load, for at most this much latency per hop). 20 ms by
-    /// default; zero commits as soon as the input is drained (BENCHMARKS.md, "saga").
+    /// Exactly-once only (outputs leave with the commit there): a drained input commits at once
+    /// only once the batch is this old (fewer, larger commits under load, for at most this
+    /// much latency per hop). 20 ms by default; zero commits as soon as the input is drained.
     pub min_commit_interval: Duration,
     /// Most records per commit.
     pub max_batch: usize,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,10 @@ pub(crate) struct Engine {
     /// Back-off after a failed commit, and until when every task is paused for it.
     pub commit_backoff: Option<Duration>,
     paused_until: Option<Instant>,
+    /// Outputs sent ahead of the commit (at-least-once), awaited by it.
+    pub in_flight: Vec<DeliveryFuture>,
+    /// The first error of such an early send; the commit fails with it.
+    pub send_error: Option<Error>,
     lag_updated: Instant,
     flushed: Instant,
     swept: Instant,
@@ -159,6 +163,8 @@ impl Engine {
             sync_offsets: false,
             commit_backoff: None,
             paused_until: None,
+            in_flight: Vec::new(),
+            send_error: None,
             lag_updated: long_ago,
             flushed: Instant::now(),
             swept: Instant::now(),
@@ -260,7 +266,9 @@ impl Engine {
             return;
         }
         let id = task.id;
-        if self.run_record(id, record) {
+        let blocked = self.run_record(id, record);
+        self.send_outputs(id);
+        if blocked {
             self.pause(consumer, id);
         }
     }
@@ -498,6 +506,10 @@ impl Engine {
             }
             self.resume(consumer, id);
         }
+        // Sent outputs stay sent (their records are read again: at least once); their
+        // acknowledgements no longer matter.
+        self.in_flight.clear();
+        self.send_error = None;
         self.batch_time = Duration::ZERO;
     }
 
@@ -669,6 +681,10 @@ pub(crate) fn run_loop(
                 e.next_retry_in().map_or(IDLE_WAIT, |d| d.min(IDLE_WAIT))
             }
         };
+        let batch_span = match cfg.guarantee {
+            Guarantee::AtLeastOnce => cfg.commit_interval,
+            Guarantee::ExactlyOnce => cfg.min_commit_interval,
+        };
         let started = Instant::now();
         let mut n = 0;
         let mut wait = wait;
@@ -676,13 +692,17 @@ pub(crate) fn run_loop(
             let polled = consumer.poll(wait);
             lock(engine).last_poll = Instant::now();
             match polled {
-                // Drained, but the batch is younger than `min_commit_interval`: wait for more
-                // for the rest of it. Under load this turns many tiny commits (two broker round
-                // trips each) into fewer larger ones; a lone record waits at most that long.
+                // Drained, with a batch open. At-least-once, its outputs are already on their
+                // way, so nothing downstream waits for the commit: keep the batch open for the
+                // whole commit interval (fewer, larger commits; a key written several times in
+                // it reaches the changelog once). Exactly-once, the outputs leave with the
+                // commit, so commit once the batch is `min_commit_interval` old.
                 None if (n > 0 || lock(engine).has_pending())
-                    && started.elapsed() < cfg.min_commit_interval =>
+                    && started.elapsed() < batch_span =>
                 {
-                    wait = cfg.min_commit_interval.saturating_sub(started.elapsed());
+                    wait = batch_span
+                        .saturating_sub(started.elapsed())
+                        .min(IDLE_WAIT);
                 }
                 None => break,
                 Some(Err(e)) => {
@@ -708,6 +728,7 @@ pub(crate) fn run_loop(
         e.resume_after_backoff(consumer);
         e.retry_due(consumer);
         e.punctuate();
+        e.send_all_outputs();
         e.commit(consumer)?;
         e.maybe_flush();
         e.update_lag(consumer);

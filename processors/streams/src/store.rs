@@ -414,10 +414,22 @@ impl KvStore {
     pub(crate) fn changelog_records(&self, seq: u64, now_ms: i64) -> Result<Vec<ChangelogRecord>> {
         let mut out = Vec::with_capacity(self.batch.len() + self.dirty.len());
         for (k, w) in &self.batch {
+            let prev = self.committed(k)?;
+            if self.unlogged(k, w, &prev) {
+                // Written and deleted within the batch, never committed: nothing to log,
+                // except the tombstone an earlier deletion of the key still owes.
+                if self.tombstones.contains(k) {
+                    out.push(ChangelogRecord {
+                        key: k.clone(),
+                        value: None,
+                    });
+                }
+                continue;
+            }
             let entry = Entry {
                 seq,
                 written_ms: w.written_ms,
-                prev: self.committed(k)?,
+                prev,
                 value: w.value.clone(),
             };
             out.push(ChangelogRecord {
@@ -452,13 +464,20 @@ impl KvStore {
         Ok(out)
     }
 
+    /// Whether the batch's write `w` of `key` needs no changelog record: a deletion of a key
+    /// with no committed value that the changelog cannot hold either (not dirty). A timer set
+    /// and cancelled, or an entry made and dropped, within one batch costs the log nothing.
+    fn unlogged(&self, key: &[u8], w: &Write, committed: &Option<Vec<u8>>) -> bool {
+        w.value.is_none() && committed.is_none() && !self.dirty.contains(key)
+    }
+
     /// The batch reached its commit point: apply it locally with its checkpoint.
     pub(crate) fn commit_batch(&mut self, changelog_offset: Option<i64>) -> Result<()> {
         let batch = std::mem::take(&mut self.batch);
         // Tombstones just sent are done; the batch's own deletions need one next time.
         let sent_tombstones = std::mem::take(&mut self.tombstones);
         for (k, w) in &batch {
-            if w.value.is_none() {
+            if w.value.is_none() && !self.unlogged(k, w, &self.committed(k)?) {
                 self.tombstones.insert(k.clone());
             }
         }
@@ -579,6 +598,53 @@ mod tests {
             Entry::decode(&v1).and_then(|e| e.value),
             Some(b"v".to_vec())
         );
+    }
+
+    #[test]
+    fn a_key_made_and_dropped_in_one_batch_costs_the_changelog_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = KvStore::open(dir.path(), "t", "app-t-changelog", None).expect("open");
+        s.put(b"timer", b"due", 10);
+        s.keep_record();
+        s.delete(b"timer", 11);
+        s.keep_record();
+        s.put(b"kept", b"v", 11);
+        s.keep_record();
+        let recs = s.changelog_records(1, 11).expect("records");
+        assert_eq!(recs.iter().map(|r| r.key.clone()).collect::<Vec<_>>(), vec![b"kept".to_vec()]);
+        s.commit_batch(Some(1)).expect("commit");
+        // No tombstone is owed for it either.
+        assert!(!s.has_pending());
+
+        // A committed key deleted, then made and dropped again before its tombstone went out:
+        // the tombstone still goes out.
+        s.delete(b"kept", 12);
+        s.keep_record();
+        let recs = s.changelog_records(2, 12).expect("records");
+        assert_eq!(recs.len(), 1);
+        s.commit_batch(Some(2)).expect("commit");
+        s.put(b"kept", b"again", 13);
+        s.keep_record();
+        s.delete(b"kept", 13);
+        s.keep_record();
+        let recs = s.changelog_records(3, 13).expect("records");
+        assert_eq!(recs.len(), 1);
+        assert!(recs[0].value.is_none(), "the owed tombstone");
+        s.commit_batch(Some(3)).expect("commit");
+        assert!(!s.has_pending());
+
+        // A dirty key (the changelog may hold an abandoned value for it) is always logged.
+        s.put(b"d", b"1", 14);
+        s.keep_record();
+        s.abort_batch();
+        s.put(b"d", b"2", 15);
+        s.keep_record();
+        s.delete(b"d", 15);
+        s.keep_record();
+        let recs = s.changelog_records(5, 15).expect("records");
+        assert_eq!(recs.len(), 1);
+        let e = Entry::decode(recs[0].value.as_deref().expect("value")).expect("entry");
+        assert_eq!((e.prev, e.value), (None, None));
     }
 
     #[test]

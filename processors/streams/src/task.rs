@@ -41,8 +41,12 @@ pub(crate) struct Task {
     pub id: i32,
     pub processor: Box<dyn Processor>,
     pub stores: HashMap<String, KvStore>,
-    /// Outputs and dead letters of the batch, produced at commit.
+    /// Outputs and dead letters of the batch not sent yet: at-least-once, the engine sends them
+    /// as soon as the record that made them succeeded; exactly-once, at commit, in the
+    /// transaction.
     pub outputs: Vec<Output>,
+    /// Outputs and dead letters of the batch already sent (at-least-once), for metrics.
+    pub sent: u64,
     pub dead_letters: u64,
     /// Per input topic: (first offset of the batch, next offset to commit).
     pub consumed: BTreeMap<String, (i64, i64)>,
@@ -76,6 +80,7 @@ impl Task {
             processor,
             stores,
             outputs: Vec::new(),
+            sent: 0,
             dead_letters: 0,
             consumed: BTreeMap::new(),
             stream_time: i64::MIN,
@@ -91,6 +96,7 @@ impl Task {
 
     pub fn has_pending(&self) -> bool {
         !self.outputs.is_empty()
+            || self.sent > 0
             || !self.consumed.is_empty()
             || self.stores.values().any(KvStore::has_pending)
     }
@@ -279,6 +285,7 @@ impl Task {
     /// dirty: the changelog may hold them).
     pub fn abort_batch(&mut self) {
         self.outputs.clear();
+        self.sent = 0;
         self.dead_letters = 0;
         self.consumed.clear();
         self.batch_in = 0;
