@@ -181,6 +181,11 @@ pub(crate) fn save<T: Serialize>(
     Ok(())
 }
 
+/// Whether `id` was recorded as handled, without recording it.
+pub(crate) fn handled_before(ctx: &Context<'_>, id: &str) -> Result<bool> {
+    Ok(ctx.get(SEEN, id.as_bytes())?.is_some())
+}
+
 /// Records `id` as handled; false when it was handled before.
 pub(crate) fn first_time(ctx: &mut Context<'_>, id: &str) -> Result<bool> {
     if ctx.get(SEEN, id.as_bytes())?.is_some() {

@@ -37,6 +37,11 @@ pub struct OrderState {
     pub correlation_id: String,
     /// Wall-clock time (ms) at which the saga gives up waiting.
     pub deadline_ms: i64,
+    /// Envelope ids of the commands applied to this order (its PlaceOrder, a CancelOrder), so a
+    /// retried command is a no-op. Kept in the order rather than in the `seen` store: one
+    /// changelog record per order change instead of two.
+    #[serde(default)]
+    pub commands: Vec<String>,
 }
 
 impl OrderState {

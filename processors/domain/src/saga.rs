@@ -22,7 +22,9 @@
 //! `AuthorizePayment` (refunding it if it was authorized, nothing if declined). Replies that
 //! arrive once the order is final are ignored; the compensation already in flight covers them.
 //!
-//! Stores: `orders` (order id → [`OrderState`]), `seen` (ids of handled commands and events).
+//! Stores: `orders` (order id → [`OrderState`], with the ids of the commands applied to it),
+//! `seen` (ids of rejected commands). Answers need no ids: the order's stage makes a
+//! duplicate answer a no-op.
 //! Timers: `timeout:<order id>` on the wall clock, one per open order.
 
 use prometheus::IntCounterVec;
@@ -40,7 +42,7 @@ use tributary_schemas::Codec;
 use tributary_streams::{Context, Processor, Record, TimeKind, Timer};
 
 use crate::catalog::Catalog;
-use crate::common::{first_time, load, save, Wire};
+use crate::common::{first_time, handled_before, load, save, Wire};
 use crate::error::{ProcessorError, Result};
 use crate::orders::{payment_id, price, validate, OrderState, Stage};
 use crate::topics::Topics;
@@ -276,10 +278,22 @@ impl OrderSaga {
         Ok(())
     }
 
+    /// A command applied to an order is recorded in the order's state (`commands`); only a
+    /// rejected one, which changes no order, is recorded in `seen`. Either way a retried
+    /// command is a no-op, and an accepted one costs the changelog no extra record.
     fn on_command(&self, ctx: &mut Context<'_>, record: &Record) -> Result<()> {
         let env = self.wire.decode::<OrderCommand>(record)?;
-        if !first_time(ctx, &env.id)? {
+        if handled_before(ctx, &env.id)? {
             return Ok(());
+        }
+        let order_id = match &env.payload {
+            OrderCommand::PlaceOrder(c) => &c.order_id,
+            OrderCommand::CancelOrder(c) => &c.order_id,
+        };
+        if let Some(state) = load::<OrderState>(ctx, ORDERS, order_id)? {
+            if state.commands.contains(&env.id) {
+                return Ok(());
+            }
         }
         match &env.payload {
             OrderCommand::PlaceOrder(c) => self.place(ctx, &env, c),
@@ -294,6 +308,7 @@ impl OrderSaga {
         reason: RejectionReason,
         message: String,
     ) -> Result<()> {
+        first_time(ctx, &env.id)?;
         self.wire
             .reject(ctx, &self.topics, env, &self.commands, reason, message)
     }
@@ -326,6 +341,7 @@ impl OrderSaga {
             authorization_code: None,
             correlation_id: env.correlation_id.clone(),
             deadline_ms: 0,
+            commands: vec![env.id.clone()],
         };
         let priced = match validate(c) {
             Err(msg) => Err(msg),
@@ -393,6 +409,8 @@ impl OrderSaga {
             return self.reject(ctx, env, RejectionReason::InvalidState, msg);
         }
         let cause = Cause::of(env);
+        let mut state = state;
+        state.commands.push(env.id.clone());
         self.compensate(
             ctx,
             &cause,
@@ -431,9 +449,10 @@ impl OrderSaga {
         let Some(state) = load::<OrderState>(ctx, ORDERS, order_id)? else {
             return Ok(());
         };
-        if !first_time(ctx, &env.id)? || state.stage != Stage::Reserving {
-            // A duplicate, or an answer after the saga moved on (e.g. timed out): the
-            // compensation sent then already covers it.
+        if state.stage != Stage::Reserving {
+            // A duplicate (the first one moved the order on, in the same write as its
+            // effects), or an answer after the saga moved on (e.g. timed out): the
+            // compensation sent then already covers it. No `seen` entry is needed.
             return Ok(());
         }
         let cause = Cause::of(&env);
@@ -482,10 +501,8 @@ impl OrderSaga {
         let Some(mut state) = load::<OrderState>(ctx, ORDERS, order_id)? else {
             return Ok(());
         };
-        if !first_time(ctx, &env.id)?
-            || state.stage != Stage::Authorizing
-            || *payment != state.payment_id
-        {
+        // As for stock answers, the stage makes a duplicate a no-op.
+        if state.stage != Stage::Authorizing || *payment != state.payment_id {
             return Ok(());
         }
         let cause = Cause::of(&env);

@@ -689,7 +689,8 @@ fn duplicates_have_no_second_effect() {
     );
     assert_eq!(s.timers().len(), 1);
     // Another command placing the same order id is a different command, refused.
-    let outs = s.command(&place("o-1", "u-1", &[("p-a", 1)]));
+    let other = place("o-1", "u-1", &[("p-a", 1)]);
+    let outs = s.command(&other);
     assert_eq!(
         topics_of(&outs),
         ["events.rejections", "commands.orders.dlq"]
@@ -698,6 +699,8 @@ fn duplicates_have_no_second_effect() {
         rejection(&outs, "commands.orders").reason,
         RejectionReason::AlreadyExists
     );
+    // That refused command retried: refused once, not twice.
+    assert!(s.command(&other).is_empty(), "a retried refusal is a no-op");
     assert_eq!(s.state("o-1").total_cents, 1500, "the first order stands");
 
     // The same reply twice: one payment request.
@@ -1700,7 +1703,13 @@ fn a_registry_outage_mid_record_keeps_nothing_and_the_retry_places_the_order() {
         "{placed:?}"
     );
     assert_eq!(placed.causation_id.as_deref(), Some(cmd.id.as_str()));
-    assert!(d.get(0, "seen", cmd.id.as_bytes()).expect("get").is_some());
+    // The command is recorded as applied in the order itself (not in `seen`).
+    let state: OrderState = serde_json::from_slice(
+        &d.get(0, "orders", b"o-1").expect("get").expect("the order"),
+    )
+    .expect("an order state");
+    assert_eq!(state.commands, vec![cmd.id.clone()]);
+    assert_eq!(d.get(0, "seen", cmd.id.as_bytes()).expect("get"), None);
     assert_eq!(d.timers(0).expect("timers").len(), 1);
     rt.block_on(registry.shutdown());
 }
