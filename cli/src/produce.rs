@@ -136,6 +136,12 @@ pub struct LoadgenArgs {
     decline_share: f64,
     #[arg(long, default_value_t = 400)]
     initial_stock: i32,
+    /// Share of the units ordered that restocks put back every 100 orders (0–1; 0: none).
+    #[arg(long, default_value_t = 0.95)]
+    restock_share: f64,
+    /// Share of orders their user cancels right after placing them (0–1).
+    #[arg(long, default_value_t = 0.02)]
+    cancel_share: f64,
     /// Commands per second; as fast as possible when absent.
     #[arg(long)]
     rate: Option<f64>,
@@ -149,11 +155,16 @@ pub struct LoadgenArgs {
 }
 
 pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.decline_share),
-        "--decline-share must be between 0 and 1, got {}",
-        args.decline_share
-    );
+    for (flag, v) in [
+        ("--decline-share", args.decline_share),
+        ("--restock-share", args.restock_share),
+        ("--cancel-share", args.cancel_share),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&v),
+            "{flag} must be between 0 and 1, got {v}"
+        );
+    }
     let workload = Workload {
         seed: args.seed,
         users: args.users,
@@ -161,6 +172,8 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         orders: args.orders,
         decline_share: args.decline_share,
         initial_stock: args.initial_stock,
+        restock_share: args.restock_share,
+        cancel_share: args.cancel_share,
         id_prefix: args.id_prefix.clone(),
     };
     let report = tributary_producers::loadgen::run(

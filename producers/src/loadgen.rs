@@ -7,6 +7,11 @@
 //! - **Failing payments**: a share of users belongs to the declining cohort: their ids end in
 //!   [`DECLINING_USER_SUFFIX`], which the payment processor's default decline rule refuses.
 //! - Orders have 1–3 lines of 1–3 units each.
+//! - **Restocks**: every [`RESTOCK_EVERY`] orders, each product ordered at least a tenth of its
+//!   initial stock since its last restock gets `restock_share` of those units back, so most
+//!   orders confirm while the hottest products still run out now and then.
+//! - **Cancellations**: `cancel_share` of orders are cancelled by their user right after being
+//!   placed (most while the saga is still working on them, a few too late).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +20,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tributary_schemas::domain::{AddProduct, PlaceOrder, PlaceOrderLine, RegisterUser};
+use tributary_schemas::domain::{
+    AddProduct, CancelOrder, PlaceOrder, PlaceOrderLine, RegisterUser, RestockProduct,
+};
 use tributary_schemas::types::Envelope;
 
 use crate::command::Command;
@@ -24,6 +31,9 @@ use crate::sender::{CommandSender, SendError};
 /// Users whose id ends with this have their payments declined by the payment processor's
 /// default rule; the load generator puts `decline_share` of its users in that cohort.
 pub const DECLINING_USER_SUFFIX: &str = "-declines";
+
+/// Orders between two rounds of restocks.
+pub const RESTOCK_EVERY: usize = 500;
 
 /// The workload's shape.
 #[derive(Debug, Clone)]
@@ -36,6 +46,10 @@ pub struct Workload {
     pub decline_share: f64,
     /// Units of stock each product starts with.
     pub initial_stock: i32,
+    /// Share (0–1) of the units ordered that restocks put back, every [`RESTOCK_EVERY`] orders.
+    pub restock_share: f64,
+    /// Share (0–1) of orders their user cancels right after placing them.
+    pub cancel_share: f64,
     /// Put before every id, email and SKU, so that runs with the same seed can share topics and
     /// views without colliding (the same ids again are the same entities: duplicates).
     pub id_prefix: String,
@@ -50,6 +64,8 @@ impl Default for Workload {
             orders: 20_000,
             decline_share: 0.05,
             initial_stock: 400,
+            restock_share: 0.95,
+            cancel_share: 0.02,
             id_prefix: String::new(),
         }
     }
@@ -97,6 +113,8 @@ impl Workload {
         if users.is_empty() || products.is_empty() {
             return out;
         }
+        // Units ordered per product since its last restock.
+        let mut ordered = vec![0i64; products.len()];
         for i in 0..self.orders {
             let order_id = format!("{pre}order-{i:07}");
             let user = &users[rng.random_range(0..users.len())];
@@ -104,13 +122,16 @@ impl Workload {
             for _ in 0..rng.random_range(1..=3) {
                 let u: f64 = rng.random();
                 let p = ((products.len() as f64) * u * u * u) as usize;
-                let product_id = products[p.min(products.len() - 1)].clone();
+                let p = p.min(products.len() - 1);
+                let product_id = products[p].clone();
                 if lines.iter().any(|l| l.product_id == product_id) {
                     continue;
                 }
+                let quantity = rng.random_range(1..=3);
+                ordered[p] += i64::from(quantity);
                 lines.push(PlaceOrderLine {
                     product_id,
-                    quantity: rng.random_range(1..=3),
+                    quantity,
                 });
             }
             let cmd = PlaceOrder {
@@ -120,6 +141,33 @@ impl Workload {
                 currency: "EUR".into(),
             };
             out.push(Command::Orders(self.envelope(&mut rng, &order_id, cmd)));
+            // Both draws only when enabled, so a workload without them is the same as before.
+            if self.cancel_share > 0.0 && rng.random::<f64>() < self.cancel_share {
+                let cmd = CancelOrder {
+                    order_id: order_id.clone(),
+                    user_id: user.clone(),
+                    note: Some("changed my mind".into()),
+                };
+                out.push(Command::Orders(self.envelope(&mut rng, &order_id, cmd)));
+            }
+            if self.restock_share > 0.0 && (i + 1) % RESTOCK_EVERY == 0 {
+                let threshold = (i64::from(self.initial_stock) / 10).max(1);
+                for (p, units) in ordered.iter_mut().enumerate() {
+                    if *units < threshold {
+                        continue;
+                    }
+                    let quantity = (*units as f64 * self.restock_share).round() as i32;
+                    *units = 0;
+                    if quantity > 0 {
+                        let product = &products[p];
+                        let cmd = RestockProduct {
+                            product_id: product.clone(),
+                            quantity,
+                        };
+                        out.push(Command::Inventory(self.envelope(&mut rng, product, cmd)));
+                    }
+                }
+            }
         }
         out
     }
@@ -235,6 +283,8 @@ mod tests {
             orders: 200,
             users: 20,
             products: 10,
+            restock_share: 0.0,
+            cancel_share: 0.0,
             ..Workload::default()
         };
         let a = w.commands();
@@ -266,12 +316,50 @@ mod tests {
     }
 
     #[test]
+    fn the_default_mix_restocks_what_was_ordered_and_cancels_a_few() {
+        let w = Workload {
+            orders: 1000,
+            users: 50,
+            products: 20,
+            ..Workload::default()
+        };
+        let commands = w.commands();
+        assert_eq!(commands, w.commands(), "deterministic");
+        let (mut ordered, mut restocked, mut cancels) = (0i64, 0i64, 0usize);
+        for c in &commands {
+            match c {
+                Command::Orders(env) => match &env.payload {
+                    tributary_schemas::domain::OrderCommand::PlaceOrder(o) => {
+                        ordered += o.lines.iter().map(|l| i64::from(l.quantity)).sum::<i64>()
+                    }
+                    tributary_schemas::domain::OrderCommand::CancelOrder(_) => cancels += 1,
+                },
+                Command::Inventory(env) => {
+                    if let tributary_schemas::domain::InventoryCommand::RestockProduct(r) =
+                        &env.payload
+                    {
+                        assert!(r.quantity > 0);
+                        restocked += i64::from(r.quantity);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // 2 restock rounds, each giving back 95 % of what the busier products sold since.
+        let share = restocked as f64 / ordered as f64;
+        assert!((0.5..=0.95).contains(&share), "restocked {restocked} of {ordered}");
+        assert!((8..=40).contains(&cancels), "{cancels} cancellations of 1000 orders");
+    }
+
+    #[test]
     fn workload_is_skewed_and_has_a_declining_cohort() {
         let w = Workload {
             orders: 2000,
             users: 400,
             products: 50,
             decline_share: 0.1,
+            restock_share: 0.0,
+            cancel_share: 0.0,
             ..Workload::default()
         };
         let commands = w.commands();

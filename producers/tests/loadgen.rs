@@ -39,6 +39,8 @@ async fn loadgen_sends_every_command_of_the_workload() {
         users: 12,
         products: 7,
         orders: 150,
+        restock_share: 0.0,
+        cancel_share: 0.0,
         ..Workload::default()
     };
     let report = loadgen::run(sender, &workload, None, 32).await.unwrap();

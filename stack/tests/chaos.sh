@@ -228,7 +228,7 @@ start_proc() { # name [why]
     sink-postgres | sink-redis) cmd=("$bin" sink --store "${n#sink-}" "${prefix_args[@]}") ;;
     sink-mongodb) cmd=("$bin" sink --store mongodb --mongodb-database "$mongo_db" "${prefix_args[@]}") ;;
     sink-elasticsearch) cmd=("$bin" sink --store elasticsearch --index-prefix "$es_prefix" "${prefix_args[@]}") ;;
-    *) cmd=("$bin" process --app "$n" --state-dir "$run/state/$n" --saga-timeout-secs "$saga_timeout" "${prefix_args[@]}") ;;
+    *) cmd=("$bin" process --app "$n" --state-dir "$run/state/$n" --saga-timeout-secs "$saga_timeout" "${prefix_args[@]}" ${CHAOS_PROCESS_ARGS:-}) ;;
   esac
   starts[$n]=$((${starts[$n]:-0} + 1))
   printf '==== chaos: %s #%d at +%ss: %s\n' "$why" "${starts[$n]}" "$(since_load)" "${cmd[*]}" >>"$logs/$n.log"

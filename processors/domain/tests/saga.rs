@@ -301,6 +301,8 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
         orders: 2000,
         decline_share: 0.2,
         initial_stock: 100,
+        restock_share: 0.0,
+        cancel_share: 0.0,
         id_prefix: String::new(),
     };
     let commands = workload.commands();
@@ -494,6 +496,8 @@ async fn apps_killed_at_every_commit_step_lose_no_reply_and_hold_every_invariant
         orders: 900,
         decline_share: 0.2,
         initial_stock: 80,
+        restock_share: 0.0,
+        cancel_share: 0.0,
         id_prefix: String::new(),
     };
     let (catalog, orders_cmds): (Vec<Command>, Vec<Command>) = workload

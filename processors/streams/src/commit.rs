@@ -4,9 +4,9 @@
 //!
 //! One batch of one task is numbered `seq`. Its commit:
 //!
-//! 1. **produce**: the batch's outputs and dead letters, and its changelog entries (each carrying
-//!    `seq` and the key's committed value before the batch, `prev`), all sent at once and all
-//!    acknowledged;
+//! 1. **produce**: the batch's outputs and dead letters (sent as each record succeeded, so the
+//!    next hop starts on them while the batch is open) and its changelog entries (each carrying
+//!    `seq` and the key's committed value before the batch, `prev`), all acknowledged;
 //! 2. **commit point**: the task's commit marker — `seq` and the next input offset of every
 //!    input partition of the task — produced to `<app>-_commits` (compacted, partition = task)
 //!    and acknowledged;

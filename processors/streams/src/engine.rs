@@ -8,8 +8,10 @@
 //!    partitions paused and holds later records back, so order per partition is kept while
 //!    the member goes on polling, heart-beating and committing its other tasks);
 //! 4. fires due timers and runs retention sweeps;
-//! 5. commits (`commit.rs`) once the input is drained and the batch is `min_commit_interval`
-//!    old (20 ms: fewer, larger commits under load), or at `commit_interval` under steady load.
+//! 5. commits (`commit.rs`) every `commit_interval`. At-least-once, a record's outputs are sent
+//!    as soon as it succeeds, so the next hop never waits for a commit and a batch may stay
+//!    open that long; exactly-once, outputs leave with the transaction, so a drained input
+//!    commits once the batch is `min_commit_interval` old.
 //!
 //! Rebalances arrive as callbacks inside `poll`, on this thread, so they see the engine between
 //! records. A revoke commits what is pending (unless the assignment is lost, when it is

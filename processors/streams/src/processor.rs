@@ -211,7 +211,9 @@ impl Context<'_> {
         self.store_ref(store)?.range(start, end, limit)
     }
 
-    /// Sends a record to `topic`; it is produced at the next commit, before input offsets are.
+    /// Sends a record to `topic`: at-least-once as soon as the current record succeeds,
+    /// exactly-once in the next commit's transaction; acknowledged before input offsets are
+    /// committed either way. Dropped if the current record fails.
     pub fn forward(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
         self.forward_with_headers(topic, key, value, Vec::new());
     }
