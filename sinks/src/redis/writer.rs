@@ -8,9 +8,14 @@ use ::redis::{ErrorKind, RedisError, Script};
 use serde_json::Value;
 
 use super::projection::{EXPIRE_AT_FIELD, MEMBER_FIELD};
-use crate::change::{Change, Op, ViewWriter, WriteError, WriteOutcome};
+use crate::change::{check_id_lengths, Change, Op, ViewWriter, WriteError, WriteOutcome};
 
 const STORE: &str = "redis";
+
+/// Longest entity id written. Redis itself takes keys up to 512 MB; this sink refuses ids over
+/// 1 KB, MongoDB's index-key limit, so that the two key-value views agree on which entities
+/// exist and a scan of the prefix stays cheap.
+pub const MAX_ID_BYTES: usize = 1024;
 
 /// Versioned compare-and-set of one entity hash.
 ///
@@ -238,6 +243,9 @@ impl ViewWriter for RedisWriter {
         if batch.is_empty() {
             return Ok(WriteOutcome::default());
         }
+        check_id_lengths(STORE, batch, MAX_ID_BYTES, "the Redis sink's key limit", |c| {
+            c.key.len()
+        })?;
         let pipe = self.pipeline(batch)?;
         let mut conn = self.conn.clone();
         // Every command is idempotent, so a pipeline that failed part way is simply sent again.
@@ -262,20 +270,14 @@ impl ViewWriter for RedisWriter {
     }
 }
 
-/// Connection trouble and a server that is loading, read-only or busy are transient; an error
-/// about the command or the data (e.g. `WRONGTYPE`) is a rejection.
+/// Only an allow-list of replies is about the data and dead-lettered: `WRONGTYPE` (the key
+/// holds another type) and the `ERR` replies about a value (not an integer or float, out of
+/// range, over a size limit). Everything else is the server's state and is retried, never
+/// dead-lettered: connection trouble and timeouts, `OOM` (maxmemory reached with noeviction),
+/// `MISCONF` (snapshots failing), `NOAUTH`/`WRONGPASS` (credentials), `NOPERM` (ACL),
+/// `READONLY` (a replica), `LOADING`, `BUSY`, `MASTERDOWN`, and any code not listed.
 fn classify(e: RedisError) -> WriteError {
-    let rejected = !e.is_io_error()
-        && !e.is_connection_refusal()
-        && !e.is_connection_dropped()
-        && !e.is_timeout()
-        && matches!(
-            e.kind(),
-            ErrorKind::ResponseError | ErrorKind::TypeError | ErrorKind::ExtensionError
-        )
-        && e.code() != Some("LOADING")
-        && e.code() != Some("BUSY");
-    if rejected {
+    if is_data_error(&e) {
         WriteError::Rejected {
             store: STORE,
             view: "(batch)",
@@ -289,5 +291,30 @@ fn classify(e: RedisError) -> WriteError {
             store: STORE,
             message: e.to_string(),
         }
+    }
+}
+
+/// `ERR` replies that are about the value of a command, not the server.
+const DATA_ERR_DETAILS: &[&str] = &[
+    "not an integer",
+    "not a valid float",
+    "out of range",
+    "string exceeds maximum allowed size",
+    "invalid expire time",
+    "invalid bulk length",
+];
+
+fn is_data_error(e: &RedisError) -> bool {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout()
+    {
+        return false;
+    }
+    match e.code() {
+        Some("WRONGTYPE") => true,
+        Some("ERR") => {
+            let text = e.to_string();
+            DATA_ERR_DETAILS.iter().any(|d| text.contains(d))
+        }
+        _ => false,
     }
 }
