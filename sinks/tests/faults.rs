@@ -670,3 +670,4 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
         std::panic::resume_unwind(e.into_panic());
     }
 }
+

@@ -1,6 +1,7 @@
 //! Applies batches of changes to Redis: one pipeline per batch, one compare-and-set script call
 //! per entity.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,7 +28,12 @@ pub const MAX_ID_BYTES: usize = 1024;
 /// KEYS: entity hash, tombstone key.
 /// ARGV: version, op (`upsert` | `patch` | `delete`), expire-at ms (0: none), tombstone TTL ms,
 /// number of fields to set N, then N field/value pairs, then fields to remove.
-const CAS_SCRIPT: &str = r"
+///
+/// The `#!lua` line (Redis 7 script flags, none given) makes Redis check `maxmemory` before the
+/// script starts: a script without flags is only checked at its first write and may then write
+/// on, and this one's first write is a `DEL`, which is always allowed; so without the line a
+/// full Redis with `noeviction` took every change.
+const CAS_SCRIPT: &str = r"#!lua
 local version = tonumber(ARGV[1])
 local current = redis.call('HGET', KEYS[1], '_version') or redis.call('GET', KEYS[2])
 if current and tonumber(current) >= version then
@@ -113,7 +119,11 @@ impl RedisSinkError {
 /// The Redis [`ViewWriter`].
 #[derive(Clone)]
 pub struct RedisWriter {
-    conn: ConnectionManager,
+    /// Replaced by a fresh manager when its connection cannot be re-established by itself
+    /// (see [`RedisWriter::renew`]); never locked across an await.
+    conn: Arc<RwLock<ConnectionManager>>,
+    client: ::redis::Client,
+    manager: ConnectionManagerConfig,
     config: RedisConfig,
     cas: Script,
 }
@@ -135,11 +145,13 @@ impl RedisWriter {
             .set_connection_timeout(config.connection_timeout)
             .set_number_of_retries(2)
             .set_max_delay(1000);
-        let conn = ConnectionManager::new_with_config(client, manager)
+        let conn = ConnectionManager::new_with_config(client.clone(), manager.clone())
             .await
             .map_err(error)?;
         Ok(Self {
-            conn,
+            conn: Arc::new(RwLock::new(conn)),
+            client,
+            manager,
             config,
             cas: Script::new(CAS_SCRIPT),
         })
@@ -147,7 +159,22 @@ impl RedisWriter {
 
     /// The connection, for readers and for [`super::RedisLock`].
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the connection manager by a freshly connected one. The manager reconnects by
+    /// itself only after an I/O error: when its reconnection failed otherwise (the password was
+    /// rotated: `WRONGPASS` during the handshake), it would answer that error forever, even
+    /// once the password is right again.
+    async fn renew(&self) {
+        match ConnectionManager::new_with_config(self.client.clone(), self.manager.clone()).await
+        {
+            Ok(fresh) => *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh,
+            Err(e) => tracing::debug!(error = %e, "redis: reconnecting failed"),
+        }
     }
 
     /// The full key of entity `key` of `view`.
@@ -247,10 +274,14 @@ impl ViewWriter for RedisWriter {
             c.key.len()
         })?;
         let pipe = self.pipeline(batch)?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         // Every command is idempotent, so a pipeline that failed part way is simply sent again.
         let results: Vec<i64> = match pipe.query_async(&mut conn).await {
             Ok(r) => r,
+            Err(e) if needs_new_connection(&e) => {
+                self.renew().await;
+                return Err(classify(e));
+            }
             Err(e) if e.kind() == ErrorKind::NoScriptError => {
                 // A restarted (or flushed) server forgot the script: load it and send again.
                 self.cas
@@ -292,6 +323,12 @@ fn classify(e: RedisError) -> WriteError {
             message: e.to_string(),
         }
     }
+}
+
+/// An authentication failure: the connection manager will not recover from it by itself.
+fn needs_new_connection(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH") | Some("WRONGPASS"))
 }
 
 /// `ERR` replies that are about the value of a command, not the server.
