@@ -4,9 +4,8 @@
 //! each, nothing is dead-lettered and no offset advances; once the fault is lifted the records
 //! are written. Then a record with an 8 KB id: every sink dead-letters it and applies the next.
 //!
-//! MongoDB wrong credentials are not tested: the local SecantusDB does not enforce
-//! authentication (see the report of issue 13); the writer's classification treats auth
-//! codes 13/18 as retriable all the same.
+//! MongoDB wrong credentials: the shared SecantusDB runs without `--auth`, so the test starts a
+//! SecantusDB of its own with `--auth` (SCRAM-SHA-256; users created before the restart).
 
 mod runner_common;
 
@@ -671,3 +670,139 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
     }
 }
 
+
+/// A SecantusDB of the test's own on a free port, with authentication: users `root`
+/// (`rootpw`) and `sink` (password `sink_password`), created without auth and then the server
+/// restarted with `--auth`. Killed and its data removed on drop.
+struct OwnSecantus {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnSecantus {
+    fn binary() -> String {
+        let cache = std::env::var("TRIBUTARY_CACHE").unwrap_or_else(|_| {
+            format!("{}/.cache/tributary", std::env::var("HOME").unwrap_or_default())
+        });
+        format!("{cache}/venv/bin/secantusd-py")
+    }
+
+    fn spawn(&mut self, auth: bool) {
+        let mut cmd = std::process::Command::new(Self::binary());
+        cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(&self.dir)
+            // The users must survive the kill between the two starts.
+            .arg("--sync-on-commit")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if auth {
+            cmd.arg("--auth");
+        }
+        self.child = Some(cmd.spawn().expect("secantusd-py (stack/stack.sh installs it)"));
+    }
+
+    async fn wait_up(&self) {
+        let port = self.port;
+        eventually("the test's SecantusDB to accept connections", WAIT, || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn start(sink_password: &str) -> OwnSecantus {
+        let dir = std::env::temp_dir().join(unique_name("tributary-secantus"));
+        std::fs::create_dir_all(&dir).expect("data dir");
+        let mut server = OwnSecantus {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        server.spawn(false);
+        server.wait_up().await;
+        let open = mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{}", server.port))
+            .await
+            .expect("client");
+        for (user, pwd, role) in [
+            ("root", "rootpw", doc! { "role": "root", "db": "admin" }),
+            ("sink", sink_password, doc! { "role": "readWrite", "db": "views" }),
+        ] {
+            open.database("admin")
+                .run_command(doc! { "createUser": user, "pwd": pwd, "roles": [role] })
+                .await
+                .expect("createUser");
+        }
+        open.shutdown().await;
+        server.kill();
+        server.spawn(true);
+        server.wait_up().await;
+        server
+    }
+
+    fn url(&self, user: &str, password: &str) -> String {
+        format!(
+            "mongodb://{user}:{password}@127.0.0.1:{}/?authSource=admin",
+            self.port
+        )
+    }
+}
+
+impl Drop for OwnSecantus {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn mongodb_wrong_credentials_are_waited_for_not_dead_lettered() {
+    // The sink is configured with `right`; the server knows another password until the fix.
+    let server = OwnSecantus::start("rotated").await;
+    let admin = MongoWriter::connect(&server.url("root", "rootpw"), "views")
+        .await
+        .expect("admin client");
+    tributary_sinks::mongodb::migrate(admin.database())
+        .await
+        .expect("migrations as root");
+    let writer = MongoWriter::connect(&server.url("sink", "right"), "views")
+        .await
+        .expect("sink client (lazy)");
+    let codec = codec();
+    let sources = topics("fault-mongo-auth", &[EventStream::Inventory], 1).await;
+    let (sink, group) = start(
+        sink_config("fault-mongo-auth", &sources),
+        Arc::new(MongoProjection),
+        Arc::new(writer),
+    );
+    produce(&sources, &products(&codec, 0, 5).await).await;
+    assert_held_during_fault(&sink, &group, &sources, 0).await;
+
+    admin
+        .database()
+        .client()
+        .database("admin")
+        .run_command(doc! { "updateUser": "sink", "pwd": "right" })
+        .await
+        .expect("updateUser");
+    wait_caught_up(&group, &sources, WAIT).await;
+    let n = admin
+        .database()
+        .collection::<Document>("products")
+        .count_documents(doc! {})
+        .await
+        .expect("count");
+    assert_eq!(n, 6);
+    assert_eq!(sink.metrics.dlq(), 0);
+    sink.stop().await;
+}
