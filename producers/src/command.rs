@@ -431,11 +431,14 @@ mod tests {
             "currency": "EUR", "lines": [{"product_id": "p\u0000x", "quantity": 2}]}}}"#;
         let err = Command::parse("commands.orders", nul).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("`payload.PlaceOrder.lines[0].product_id` holds control character U+0000"),
+            err.to_string().contains(
+                "`payload.PlaceOrder.lines[0].product_id` holds control character U+0000"
+            ),
             "{err}"
         );
-        let json = format!(r#"{{"correlation_id": "{huge}", "payload": {{"CancelOrder": {{"order_id": "o", "user_id": "u", "note": null}}}}}}"#);
+        let json = format!(
+            r#"{{"correlation_id": "{huge}", "payload": {{"CancelOrder": {{"order_id": "o", "user_id": "u", "note": null}}}}}}"#
+        );
         let err = Command::parse("commands.orders", &json).unwrap_err();
         assert!(err.to_string().contains("`correlation_id`"), "{err}");
 

@@ -106,7 +106,10 @@ impl DeadLetterQueue {
         let topic = dlq_topic(&letter.topic);
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
-        let timestamp = letter.timestamp_ms.map(|t| t.to_string()).unwrap_or_default();
+        let timestamp = letter
+            .timestamp_ms
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         let mut headers = OwnedHeaders::new();
         for (key, value) in &letter.headers {
             headers = headers.insert(Header {

@@ -88,7 +88,11 @@ async fn assert_held_during_fault(
         (sink.metrics.retries() >= retries + 2).then_some(())
     })
     .await;
-    assert_eq!(sink.metrics.dlq(), 0, "nothing dead-lettered during the fault");
+    assert_eq!(
+        sink.metrics.dlq(),
+        0,
+        "nothing dead-lettered during the fault"
+    );
     assert_eq!(
         committed_total(group, sources),
         committed_before,
@@ -332,7 +336,15 @@ async fn postgres_role_without_insert_is_waited_for_not_dead_lettered() {
     let mut log = Vec::new();
     for i in 0..5 {
         let o = format!("o{i}");
-        log.push(encode(&codec, EventStream::Orders, &o, &order_placed(&o, "u1", 1, 100)).await);
+        log.push(
+            encode(
+                &codec,
+                EventStream::Orders,
+                &o,
+                &order_placed(&o, "u1", 1, 100),
+            )
+            .await,
+        );
     }
     produce(&sources, &log).await;
     assert_held_during_fault(&sink, &group, &sources, 0).await;
@@ -344,12 +356,11 @@ async fn postgres_role_without_insert_is_waited_for_not_dead_lettered() {
     .await
     .expect("grant");
     wait_caught_up(&group, &sources, WAIT).await;
-    let ids: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT id FROM \"{schema}\".orders ORDER BY id"
-    ))
-    .fetch_all(admin.pool())
-    .await
-    .expect("orders");
+    let ids: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT id FROM \"{schema}\".orders ORDER BY id"))
+            .fetch_all(admin.pool())
+            .await
+            .expect("orders");
     assert_eq!(ids, vec!["o0", "o1", "o2", "o3", "o4"]);
     assert_eq!(sink.metrics.dlq(), 0);
     sink.stop().await;
@@ -548,8 +559,12 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
         ),
     ];
     let result = tokio::spawn({
-        let (pg, mongo, es_writer, sources) =
-            (pg.clone(), mongo.clone(), es_writer.clone(), sources.clone());
+        let (pg, mongo, es_writer, sources) = (
+            pg.clone(),
+            mongo.clone(),
+            es_writer.clone(),
+            sources.clone(),
+        );
         let redis_prefix = redis_prefix.clone();
         let groups: Vec<String> = sinks.iter().map(|(_, g)| g.clone()).collect();
         async move {
@@ -613,8 +628,7 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
                 letters.iter().any(|l| {
                     l.key.as_deref() == Some(key.as_bytes())
                         && l.headers.get(HEADER_CONSUMER_GROUP).map(String::as_str) == Some(group)
-                        && l.headers.get(HEADER_ERROR_CLASS).map(String::as_str)
-                            == Some("rejected")
+                        && l.headers.get(HEADER_ERROR_CLASS).map(String::as_str) == Some("rejected")
                 })
             };
             let [pg_group, mongo_group, redis_group, es_group] = [0, 1, 2, 3].map(|i| &groups[i]);
@@ -661,7 +675,10 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
     let _ = mongo.database().drop().await;
     let _ = drop_all(es_writer.client(), &es_prefix).await;
     let mut c = redis_conn(REDIS_URL.get()).await;
-    let keys: Vec<String> = c.keys(format!("{redis_prefix}:*")).await.unwrap_or_default();
+    let keys: Vec<String> = c
+        .keys(format!("{redis_prefix}:*"))
+        .await
+        .unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<(), _> = c.del(keys).await;
     }
@@ -669,7 +686,6 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
         std::panic::resume_unwind(e.into_panic());
     }
 }
-
 
 /// A SecantusDB of the test's own on a free port, with authentication: users `root`
 /// (`rootpw`) and `sink` (password `sink_password`), created without auth and then the server
@@ -683,7 +699,10 @@ struct OwnSecantus {
 impl OwnSecantus {
     fn binary() -> String {
         let cache = std::env::var("TRIBUTARY_CACHE").unwrap_or_else(|_| {
-            format!("{}/.cache/tributary", std::env::var("HOME").unwrap_or_default())
+            format!(
+                "{}/.cache/tributary",
+                std::env::var("HOME").unwrap_or_default()
+            )
         });
         format!("{cache}/venv/bin/secantusd-py")
     }
@@ -700,17 +719,24 @@ impl OwnSecantus {
         if auth {
             cmd.arg("--auth");
         }
-        self.child = Some(cmd.spawn().expect("secantusd-py (stack/stack.sh installs it)"));
+        self.child = Some(
+            cmd.spawn()
+                .expect("secantusd-py (stack/stack.sh installs it)"),
+        );
     }
 
     async fn wait_up(&self) {
         let port = self.port;
-        eventually("the test's SecantusDB to accept connections", WAIT, || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
+        eventually(
+            "the test's SecantusDB to accept connections",
+            WAIT,
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
         .await;
     }
 
@@ -736,7 +762,11 @@ impl OwnSecantus {
             .expect("client");
         for (user, pwd, role) in [
             ("root", "rootpw", doc! { "role": "root", "db": "admin" }),
-            ("sink", sink_password, doc! { "role": "readWrite", "db": "views" }),
+            (
+                "sink",
+                sink_password,
+                doc! { "role": "readWrite", "db": "views" },
+            ),
         ] {
             open.database("admin")
                 .run_command(doc! { "createUser": user, "pwd": pwd, "roles": [role] })

@@ -312,10 +312,22 @@ async fn only_the_bad_change_of_an_entity_is_dead_lettered_with_its_origin() {
     let group = config.group_id.clone();
     let codec = codec();
     let values = [
-        codec.encode(&order_placed("m", "u1", 1, 100)).await.expect("encodes"),
-        codec.encode(&order_cancelled("m", "u1", 2)).await.expect("encodes"),
-        codec.encode(&order_confirmed("m", "u1", 3, 100)).await.expect("encodes"),
-        codec.encode(&order_placed("n", "u1", 1, 100)).await.expect("encodes"),
+        codec
+            .encode(&order_placed("m", "u1", 1, 100))
+            .await
+            .expect("encodes"),
+        codec
+            .encode(&order_cancelled("m", "u1", 2))
+            .await
+            .expect("encodes"),
+        codec
+            .encode(&order_confirmed("m", "u1", 3, 100))
+            .await
+            .expect("encodes"),
+        codec
+            .encode(&order_placed("n", "u1", 1, 100))
+            .await
+            .expect("encodes"),
     ];
     let p = producer();
     const SENT_AT: i64 = 1_700_000_000_123;
@@ -342,15 +354,14 @@ async fn only_the_bad_change_of_an_entity_is_dead_lettered_with_its_origin() {
     assert_eq!(rows.get("m"), Some(&(3, "OrderConfirmed".to_string())));
     assert_eq!(rows.get("n"), Some(&(1, "OrderPlaced".to_string())));
     assert_eq!(sink.metrics.dlq(), 1);
-    let letters = read_all(
-        &dlq_topic(&sources[0].topic),
-        Duration::from_secs(3),
-        WAIT,
-    );
+    let letters = read_all(&dlq_topic(&sources[0].topic), Duration::from_secs(3), WAIT);
     assert_eq!(letters.len(), 1, "{letters:?}");
     let h = &letters[0].headers;
     assert_eq!(h.get("dlq.source.offset").map(String::as_str), Some("1"));
-    assert_eq!(h.get(HEADER_ERROR_CLASS).map(String::as_str), Some("rejected"));
+    assert_eq!(
+        h.get(HEADER_ERROR_CLASS).map(String::as_str),
+        Some("rejected")
+    );
     // Where it came from: the original headers and timestamp, and whose failure it is.
     assert_eq!(h.get("traceparent").map(String::as_str), Some("trace-1"));
     assert_eq!(
@@ -389,9 +400,11 @@ async fn a_dead_letter_spike_pauses_the_sink_instead_of_emptying_it_into_the_dlq
     let sink = Running::start(config, Arc::new(Statuses), store.clone());
     wait_caught_up(&group, &sources, WAIT).await;
     produce(&sources, &log[4..]).await;
-    eventually("the sink to pause on the dead-letter rate", WAIT, || async {
-        sink.metrics.is_dlq_paused().then_some(())
-    })
+    eventually(
+        "the sink to pause on the dead-letter rate",
+        WAIT,
+        || async { sink.metrics.is_dlq_paused().then_some(()) },
+    )
     .await;
     let calls = store.calls.load(Ordering::SeqCst);
     eventually("the held batch to be tried again", WAIT, || async {

@@ -35,7 +35,9 @@ use serde_json::{json, Value};
 use super::indices::call;
 use super::projection::TOMBSTONE_VERSION;
 use super::STORE;
-use crate::change::{check_id_lengths, coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome};
+use crate::change::{
+    check_id_lengths, coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome,
+};
 
 /// Keeps Elasticsearch views; see the module documentation.
 #[derive(Clone, Debug)]
@@ -145,11 +147,15 @@ impl ViewWriter for EsWriter {
     async fn write(&self, batch: &[Change]) -> Result<WriteOutcome, WriteError> {
         // Coalesced again in case the caller did not; older duplicates of an entity are stale.
         let (batch, dropped) = coalesce_counted(batch.to_vec());
-        // Checked here: not every server enforces the limit (noida-db does not, see the tests),
-        // and the views must agree with Elasticsearch's.
-        check_id_lengths(STORE, &batch, MAX_ID_BYTES, "Elasticsearch's `_id` limit", |c| {
-            document_id(c).len()
-        })?;
+        // Checked here too (the server answers 400 `action_request_validation_exception`, a
+        // data error): the rejection then names the entity, so the runner need not guess.
+        check_id_lengths(
+            STORE,
+            &batch,
+            MAX_ID_BYTES,
+            "Elasticsearch's `_id` limit",
+            |c| document_id(c).len(),
+        )?;
         let stored = self.current(&batch).await?;
         let mut outcome = WriteOutcome {
             applied: 0,
@@ -346,7 +352,10 @@ mod tests {
         assert!(is_data_error(413, ""));
         assert!(!is_data_error(400, "index_closed_exception"));
         for status in [401, 403, 404, 408, 429, 500, 502, 503] {
-            assert!(!is_data_error(status, "cluster_block_exception"), "{status}");
+            assert!(
+                !is_data_error(status, "cluster_block_exception"),
+                "{status}"
+            );
         }
     }
 }

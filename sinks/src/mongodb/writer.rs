@@ -33,7 +33,9 @@ use ::mongodb::options::{
 use ::mongodb::{Client, Database};
 
 use super::{to_document, STORE};
-use crate::change::{check_id_lengths, coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome};
+use crate::change::{
+    check_id_lengths, coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome,
+};
 
 /// Duplicate key.
 const DUPLICATE_KEY: i32 = 11000;
@@ -274,12 +276,16 @@ impl ViewWriter for MongoWriter {
     async fn write(&self, batch: &[Change]) -> Result<WriteOutcome, WriteError> {
         // Coalesced again in case the caller did not; older duplicates of an entity are stale.
         let (batch, dropped) = coalesce_counted(batch.to_vec());
-        check_id_lengths(STORE, &batch, MAX_ID_BYTES, "MongoDB's index-key limit", |c| {
-            match c.op {
+        check_id_lengths(
+            STORE,
+            &batch,
+            MAX_ID_BYTES,
+            "MongoDB's index-key limit",
+            |c| match c.op {
                 Op::Append(_) => append_id(c).len(),
                 _ => c.key.len(),
-            }
-        })?;
+            },
+        )?;
         if batch.is_empty() {
             return Ok(WriteOutcome {
                 applied: 0,

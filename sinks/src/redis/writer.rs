@@ -159,10 +159,7 @@ impl RedisWriter {
 
     /// The connection, for readers and for [`super::RedisLock`].
     pub fn connection(&self) -> ConnectionManager {
-        self.conn
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replaces the connection manager by a freshly connected one. The manager reconnects by
@@ -170,8 +167,7 @@ impl RedisWriter {
     /// rotated: `WRONGPASS` during the handshake), it would answer that error forever, even
     /// once the password is right again.
     async fn renew(&self) {
-        match ConnectionManager::new_with_config(self.client.clone(), self.manager.clone()).await
-        {
+        match ConnectionManager::new_with_config(self.client.clone(), self.manager.clone()).await {
             Ok(fresh) => *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh,
             Err(e) => tracing::debug!(error = %e, "redis: reconnecting failed"),
         }
@@ -270,9 +266,13 @@ impl ViewWriter for RedisWriter {
         if batch.is_empty() {
             return Ok(WriteOutcome::default());
         }
-        check_id_lengths(STORE, batch, MAX_ID_BYTES, "the Redis sink's key limit", |c| {
-            c.key.len()
-        })?;
+        check_id_lengths(
+            STORE,
+            batch,
+            MAX_ID_BYTES,
+            "the Redis sink's key limit",
+            |c| c.key.len(),
+        )?;
         let pipe = self.pipeline(batch)?;
         let mut conn = self.connection();
         // Every command is idempotent, so a pipeline that failed part way is simply sent again.
@@ -342,8 +342,7 @@ const DATA_ERR_DETAILS: &[&str] = &[
 ];
 
 fn is_data_error(e: &RedisError) -> bool {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout()
-    {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
         return false;
     }
     match e.code() {

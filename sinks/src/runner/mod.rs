@@ -563,11 +563,8 @@ impl Sink {
                 }
             }
             self.write_all(batch, projected, &mut dead, stop).await?;
-            let over = lock(&self.dlq_window).over(
-                &self.config,
-                batch.len() as u64,
-                dead.len() as u64,
-            );
+            let over =
+                lock(&self.dlq_window).over(&self.config, batch.len() as u64, dead.len() as u64);
             if !over {
                 break dead;
             }

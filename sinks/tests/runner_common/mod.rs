@@ -748,12 +748,16 @@ impl OwnRedis {
             port,
             child: Some(child),
         };
-        eventually("the test's redis-server to accept connections", Duration::from_secs(30), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
+        eventually(
+            "the test's redis-server to accept connections",
+            Duration::from_secs(30),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
         .await;
         server
     }
