@@ -62,6 +62,16 @@ pub struct Args {
     /// Seconds between samples of the views' growth (entities and bytes per view).
     #[arg(long, default_value_t = 30)]
     growth_interval_secs: u64,
+    /// Pause (hold the batch, retry it) instead of dead-lettering when more than this fraction
+    /// of the last `--dlq-pause-window` records would be dead letters; 1 disables the pause.
+    #[arg(long, default_value_t = 0.5)]
+    dlq_pause_ratio: f64,
+    /// ...and at least this many: a few poison records never pause the sink.
+    #[arg(long, default_value_t = 50)]
+    dlq_pause_min: u64,
+    /// Records the dead-letter rate is measured over.
+    #[arg(long, default_value_t = 1000)]
+    dlq_pause_window: u64,
 }
 
 fn name(store: Store) -> &'static str {
@@ -202,6 +212,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     config.batch_max_records = args.batch_max_records.max(1);
     config.batch_linger = Duration::from_millis(args.batch_linger_ms);
+    config.dlq_pause_ratio = args.dlq_pause_ratio;
+    config.dlq_pause_min = args.dlq_pause_min;
+    config.dlq_pause_window = args.dlq_pause_window.max(1);
     let codec = Arc::new(Codec::new(&args.registry));
     let sink = Sink::new(config, codec, projection, writer, &metrics);
 

@@ -11,6 +11,10 @@
 //! The aggregate id (and so the record key and partition) is the entity id the command is about,
 //! read from the payload: `user_id`, `product_id`, `order_id` or `payment_id` by topic. Unknown
 //! fields are refused, so a typo is an error rather than a silently dropped value.
+//!
+//! Ids are checked here, at the edge, because every store downstream keys by them: the
+//! command's `id`, `correlation_id`, `causation_id` and every payload field named `id` or
+//! `*_id` must be at most [`MAX_ID_BYTES`] bytes without control characters (NUL included).
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -26,6 +30,13 @@ pub const COMMAND_TOPICS: [(&str, &str); 4] = [
     ("commands.payments", "payment_id"),
 ];
 
+/// Longest id accepted, in bytes of UTF-8. Generous for any real id (a UUID is 36, a prefixed
+/// ULID under 64) and small enough for every store downstream, including the ids sinks compose
+/// from two of them: `<order_id>:<product_id>` (513 bytes) stays under MongoDB's and the Redis
+/// sink's 1 KB limits, `<id>#<version>` under Elasticsearch's 512-byte `_id`, and any id far
+/// under PostgreSQL's ~2.7 KB btree entry.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// Why a command was refused before it was sent. Never retriable: the input must change.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -35,6 +46,12 @@ pub enum CommandError {
     Invalid { topic: String, message: String },
     #[error("command for `{topic}` lacks `{field}`, its aggregate id")]
     MissingKey { topic: String, field: &'static str },
+    #[error("command for `{topic}`: `{field}` {reason}")]
+    InvalidId {
+        topic: String,
+        field: String,
+        reason: String,
+    },
     #[error("command for `{topic}` does not fit its schema: {0}", topic = .1)]
     Schema(#[source] DomainError, String),
 }
@@ -76,6 +93,7 @@ fn build<P>(
 where
     P: TopicPayload + DeserializeOwned + serde::Serialize,
 {
+    check_ids(topic, &json)?;
     let raw_payload = json.get("payload").cloned();
     let input: Input<P> = serde_json::from_value(json).map_err(|e| CommandError::Invalid {
         topic: topic.to_string(),
@@ -102,6 +120,67 @@ where
     }
     env.causation_id = input.causation_id;
     Ok(env)
+}
+
+/// Refuses the first id of `json` (see the module documentation) that is too long or holds a
+/// control character, naming its path.
+fn check_ids(topic: &str, json: &serde_json::Value) -> Result<(), CommandError> {
+    fn walk(v: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let here = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let is_id = k == "id" || k.ends_with("_id");
+                    match v {
+                        serde_json::Value::String(s) if is_id => {
+                            if let Some(reason) = id_problem(s) {
+                                out.push((here, reason));
+                            }
+                        }
+                        _ => walk(v, &here, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut problems = Vec::new();
+    walk(json, "", &mut problems);
+    match problems.into_iter().next() {
+        None => Ok(()),
+        Some((field, reason)) => Err(CommandError::InvalidId {
+            topic: topic.to_string(),
+            field,
+            reason,
+        }),
+    }
+}
+
+/// What is wrong with id `s`, if anything.
+pub fn id_problem(s: &str) -> Option<String> {
+    if s.len() > MAX_ID_BYTES {
+        return Some(format!(
+            "is {} bytes long; ids are at most {MAX_ID_BYTES} bytes",
+            s.len()
+        ));
+    }
+    s.char_indices()
+        .find(|(_, c)| c.is_control())
+        .map(|(at, c)| {
+            format!(
+                "holds control character U+{:04X} at byte {at}; ids must not contain control characters",
+                c as u32
+            )
+        })
 }
 
 /// The first path present in `given` but not in `parsed` (what serde kept), if any.
@@ -308,6 +387,72 @@ mod tests {
         let err = Command::parse("commands.orders", unknown_command).unwrap_err();
         assert!(err.to_string().contains("ShipOrder"), "{err}");
 
+        let empty_key =
+            r#"{"payload": {"CancelOrder": {"order_id": "", "user_id": "u", "note": null}}}"#;
+        let err = Command::parse("commands.orders", empty_key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CommandError::MissingKey {
+                    field: "order_id",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ids_too_long_or_with_control_characters_are_refused_naming_the_field() {
+        let huge = "o".repeat(8 * 1024);
+        let json = format!(
+            r#"{{"payload": {{"PlaceOrder": {{"order_id": "{huge}", "user_id": "u-1",
+                "currency": "EUR", "lines": [{{"product_id": "p-1", "quantity": 2}}]}}}}}}"#
+        );
+        let err = Command::parse("commands.orders", &json).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command for `commands.orders`: `payload.PlaceOrder.order_id` is 8192 bytes long; \
+             ids are at most 256 bytes"
+        );
+
+        let json = format!(
+            r#"{{"payload": {{"RegisterUser": {{"user_id": "{huge}", "email": "a@b.c",
+                "display_name": "A", "locale": null}}}}}}"#
+        );
+        let err = Command::parse("commands.users", &json).unwrap_err();
+        assert!(
+            matches!(&err, CommandError::InvalidId { field, .. } if field == "payload.RegisterUser.user_id"),
+            "{err}"
+        );
+
+        // Nested ids, and the envelope's own.
+        let nul = r#"{"payload": {"PlaceOrder": {"order_id": "o-1", "user_id": "u-1",
+            "currency": "EUR", "lines": [{"product_id": "p\u0000x", "quantity": 2}]}}}"#;
+        let err = Command::parse("commands.orders", nul).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "`payload.PlaceOrder.lines[0].product_id` holds control character U+0000"
+            ),
+            "{err}"
+        );
+        let json = format!(
+            r#"{{"correlation_id": "{huge}", "payload": {{"CancelOrder": {{"order_id": "o", "user_id": "u", "note": null}}}}}}"#
+        );
+        let err = Command::parse("commands.orders", &json).unwrap_err();
+        assert!(err.to_string().contains("`correlation_id`"), "{err}");
+
+        // Exactly the limit is fine, and so is non-ASCII text.
+        let at_limit = "é".repeat(MAX_ID_BYTES / 2);
+        let json = format!(
+            r#"{{"payload": {{"RegisterUser": {{"user_id": "{at_limit}", "email": "a@b.c",
+                "display_name": "A", "locale": null}}}}}}"#
+        );
+        assert!(Command::parse("commands.users", &json).is_ok());
+    }
+
+    #[test]
+    fn empty_keys_stay_missing_keys() {
         let empty_key =
             r#"{"payload": {"CancelOrder": {"order_id": "", "user_id": "u", "note": null}}}"#;
         let err = Command::parse("commands.orders", empty_key).unwrap_err();

@@ -136,6 +136,32 @@ impl WriteError {
     }
 }
 
+/// Refuses the first change of `batch` whose id in the store (`id_len` of the change: the key,
+/// or what the writer builds from it) is longer than `max` bytes. Every store has such a limit
+/// (an index entry, a document id); an id past it can never be written, so it is a data error
+/// of that one change, found before the batch is sent rather than as an error the store may
+/// report without saying which entity it was.
+pub fn check_id_lengths(
+    store: &'static str,
+    batch: &[Change],
+    max: usize,
+    what: &str,
+    id_len: impl Fn(&Change) -> usize,
+) -> Result<(), WriteError> {
+    match batch.iter().find(|c| id_len(c) > max) {
+        None => Ok(()),
+        Some(c) => Err(WriteError::Rejected {
+            store,
+            view: c.view,
+            key: c.key.clone(),
+            message: format!(
+                "id of {} bytes is longer than {what} ({max} bytes)",
+                id_len(c)
+            ),
+        }),
+    }
+}
+
 /// A store that keeps views. `write` must be durable when it returns `Ok` (the runner stores
 /// offsets right after) and idempotent by version (the runner may deliver a batch again after a
 /// crash).

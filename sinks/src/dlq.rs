@@ -3,7 +3,10 @@
 //! A dead letter keeps the original key and value untouched (so it can be replayed once the
 //! cause is fixed) and says where it came from and why in headers. The runner awaits each
 //! delivery before it stores the source offset, so a record is never both skipped and absent
-//! from the DLQ.
+//! from the DLQ. The source record's own headers and timestamp are kept too, and a header
+//! names the consumer group that failed it: one DLQ per source topic (`<topic>.dlq`) with the
+//! group in a header, rather than a topic per group, so that one place holds every failure of
+//! a topic and `dlq.consumer.group` tells whose it is.
 
 use std::time::Duration;
 
@@ -15,6 +18,12 @@ pub const HEADER_SOURCE_PARTITION: &str = "dlq.source.partition";
 pub const HEADER_SOURCE_OFFSET: &str = "dlq.source.offset";
 pub const HEADER_ERROR_CLASS: &str = "dlq.error.class";
 pub const HEADER_ERROR_MESSAGE: &str = "dlq.error.message";
+/// The source record's timestamp (ms since the epoch); the dead letter also carries it as its
+/// own timestamp.
+pub const HEADER_SOURCE_TIMESTAMP: &str = "dlq.source.timestamp";
+/// The consumer group that failed the record: several groups can read one topic and share its
+/// DLQ, this says whose dead letter it is.
+pub const HEADER_CONSUMER_GROUP: &str = "dlq.consumer.group";
 
 /// The DLQ topic of a source topic.
 pub fn dlq_topic(source: &str) -> String {
@@ -52,6 +61,12 @@ pub struct DeadLetter {
     pub value: Option<Vec<u8>>,
     pub class: ErrorClass,
     pub message: String,
+    /// The source record's timestamp, when it had one.
+    pub timestamp_ms: Option<i64>,
+    /// The source record's headers, kept as they were (before the `dlq.*` ones).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The consumer group that failed the record.
+    pub group: String,
 }
 
 /// Why a dead letter could not be delivered; always worth a retry (the record stays unacked).
@@ -91,7 +106,18 @@ impl DeadLetterQueue {
         let topic = dlq_topic(&letter.topic);
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
-        let headers = OwnedHeaders::new()
+        let timestamp = letter
+            .timestamp_ms
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &letter.headers {
+            headers = headers.insert(Header {
+                key: key.as_str(),
+                value: value.as_deref(),
+            });
+        }
+        let headers = headers
             .insert(Header {
                 key: HEADER_SOURCE_TOPIC,
                 value: Some(letter.topic.as_bytes()),
@@ -111,6 +137,14 @@ impl DeadLetterQueue {
             .insert(Header {
                 key: HEADER_ERROR_MESSAGE,
                 value: Some(letter.message.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_TIMESTAMP,
+                value: Some(timestamp.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_CONSUMER_GROUP,
+                value: Some(letter.group.as_bytes()),
             });
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
         if let Some(k) = &letter.key {
@@ -118,6 +152,9 @@ impl DeadLetterQueue {
         }
         if let Some(v) = &letter.value {
             record = record.payload(v.as_slice());
+        }
+        if let Some(t) = letter.timestamp_ms {
+            record = record.timestamp(t);
         }
         self.producer
             .send(record, Duration::from_secs(30))

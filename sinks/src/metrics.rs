@@ -25,6 +25,9 @@ pub struct Metrics {
     freshness: prometheus::GaugeVec,
     pool: IntGaugeVec,
     slow: IntCounterVec,
+    unavailable: IntGaugeVec,
+    dlq_paused: IntGaugeVec,
+    rebalances: IntCounterVec,
 }
 
 /// A batch write slower than this counts as a slow query (ADR-007's slow-query count).
@@ -91,7 +94,29 @@ impl Metrics {
         )?;
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(slow.clone()))?;
+        let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["sink"]);
+        let unavailable = gauge(
+            "tributary_sink_store_unavailable",
+            "1 while the sink retries a batch the store cannot take (partitions paused), else 0.",
+        )?;
+        let dlq_paused = gauge(
+            "tributary_sink_dlq_paused",
+            "1 while the sink holds a batch back because its dead-letter rate is over the limit.",
+        )?;
+        let rebalances = IntCounterVec::new(
+            Opts::new(
+                "tributary_sink_rebalances_total",
+                "Consumer-group rebalances the sink's member went through, by kind (assign, revoke).",
+            ),
+            &["sink", "kind"],
+        )?;
+        registry.register(Box::new(unavailable.clone()))?;
+        registry.register(Box::new(dlq_paused.clone()))?;
+        registry.register(Box::new(rebalances.clone()))?;
         Ok(Metrics {
+            unavailable,
+            dlq_paused,
+            rebalances,
             slow,
             written,
             stale,
@@ -117,6 +142,10 @@ impl Metrics {
             slow: self.slow.with_label_values(&[sink]),
             freshness: self.freshness.clone(),
             pool: self.pool.clone(),
+            unavailable: self.unavailable.with_label_values(&[sink]),
+            dlq_paused: self.dlq_paused.with_label_values(&[sink]),
+            assigned: self.rebalances.with_label_values(&[sink, "assign"]),
+            revoked: self.rebalances.with_label_values(&[sink, "revoke"]),
         }
     }
 }
@@ -134,9 +163,45 @@ pub struct SinkMetrics {
     slow: IntCounter,
     freshness: prometheus::GaugeVec,
     pool: IntGaugeVec,
+    unavailable: prometheus::IntGauge,
+    dlq_paused: prometheus::IntGauge,
+    assigned: IntCounter,
+    revoked: IntCounter,
 }
 
 impl SinkMetrics {
+    /// Marks the start (`true`) or end of a store outage.
+    pub fn store_unavailable(&self, down: bool) {
+        self.unavailable.set(i64::from(down));
+    }
+
+    /// Marks the start (`true`) or end of a pause for the dead-letter rate.
+    pub fn dlq_paused(&self, paused: bool) {
+        self.dlq_paused.set(i64::from(paused));
+    }
+
+    /// Counts a rebalance: an assignment (`true`) or a revocation.
+    pub fn rebalanced(&self, assigned: bool) {
+        if assigned {
+            self.assigned.inc();
+        } else {
+            self.revoked.inc();
+        }
+    }
+
+    /// Rebalances so far as `(assignments, revocations)`.
+    pub fn rebalances(&self) -> (u64, u64) {
+        (self.assigned.get(), self.revoked.get())
+    }
+
+    pub fn is_store_unavailable(&self) -> bool {
+        self.unavailable.get() != 0
+    }
+
+    pub fn is_dlq_paused(&self) -> bool {
+        self.dlq_paused.get() != 0
+    }
+
     /// Records one applied batch: its outcome, size, write time and per-view freshness.
     pub fn batch_written(
         &self,

@@ -44,11 +44,41 @@ impl Projection for Statuses {
     }
 }
 
-/// An in-memory store: versioned like the real ones; can be down, and rejects key `bad`.
+/// Each order event patches the order's status; an `OrderCancelled` also sets `poison`, which
+/// the store refuses: a bad change of an entity whose other changes are fine.
+struct Patches;
+
+impl Projection for Patches {
+    fn streams(&self) -> &[EventStream] {
+        &[EventStream::Orders]
+    }
+
+    fn project(&self, event: &Event) -> Result<Vec<Change>, ProjectError> {
+        let Event::Order(e) = event else {
+            return Ok(Vec::new());
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("status".into(), e.payload.branch_name().into());
+        if e.payload.branch_name() == "OrderCancelled" {
+            fields.insert("poison".into(), true.into());
+        }
+        Ok(vec![Change {
+            view: "orders",
+            key: e.aggregate_id.clone(),
+            version: e.sequence,
+            event_time_ms: e.timestamp,
+            op: Op::Patch(fields),
+        }])
+    }
+}
+
+/// An in-memory store: versioned like the real ones; can be down, and rejects key `bad`
+/// (unless `lenient`) and any change with a `poison` field.
 #[derive(Default)]
 struct Memory {
     rows: Mutex<BTreeMap<String, (i64, String)>>,
     down: AtomicBool,
+    lenient: AtomicBool,
     calls: AtomicUsize,
 }
 
@@ -66,7 +96,15 @@ impl ViewWriter for Memory {
                 message: "down for the test".into(),
             });
         }
-        if let Some(c) = batch.iter().find(|c| c.key == "bad") {
+        let poisoned = |c: &Change| match &c.op {
+            Op::Upsert(f) | Op::Patch(f) => f.contains_key("poison"),
+            _ => false,
+        };
+        let lenient = self.lenient.load(Ordering::SeqCst);
+        if let Some(c) = batch
+            .iter()
+            .find(|c| (c.key == "bad" && !lenient) || poisoned(c))
+        {
             return Err(WriteError::Rejected {
                 store: "memory",
                 view: c.view,
@@ -78,7 +116,7 @@ impl ViewWriter for Memory {
         let mut outcome = WriteOutcome::default();
         for c in batch {
             let status = match &c.op {
-                Op::Upsert(f) => f
+                Op::Upsert(f) | Op::Patch(f) => f
                     .get("status")
                     .and_then(|s| s.as_str())
                     .unwrap_or("")
@@ -258,5 +296,139 @@ async fn an_unreachable_schema_registry_is_waited_for_not_dead_lettered() {
     wait_caught_up(&group, &sources, WAIT).await;
     assert_eq!(store.rows(), expected(3));
     assert_eq!(sink.metrics.dlq(), 0);
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_bad_change_of_an_entity_is_dead_lettered_with_its_origin() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    use tributary_sinks::dlq::{HEADER_CONSUMER_GROUP, HEADER_SOURCE_TIMESTAMP};
+    let sources = topics("runner-mixed", &[EventStream::Orders], 1).await;
+    let store = Arc::new(Memory::default());
+    let mut config = sink_config("runner-mixed", &sources);
+    // One batch for all records, so that the three changes of `m` are coalesced together.
+    config.batch_linger = Duration::from_millis(1000);
+    let group = config.group_id.clone();
+    let codec = codec();
+    let values = [
+        codec
+            .encode(&order_placed("m", "u1", 1, 100))
+            .await
+            .expect("encodes"),
+        codec
+            .encode(&order_cancelled("m", "u1", 2))
+            .await
+            .expect("encodes"),
+        codec
+            .encode(&order_confirmed("m", "u1", 3, 100))
+            .await
+            .expect("encodes"),
+        codec
+            .encode(&order_placed("n", "u1", 1, 100))
+            .await
+            .expect("encodes"),
+    ];
+    let p = producer();
+    const SENT_AT: i64 = 1_700_000_000_123;
+    for (i, v) in values.iter().enumerate() {
+        let key = if i < 3 { "m" } else { "n" };
+        let trace = format!("trace-{i}");
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&sources[0].topic)
+            .key(key)
+            .payload(v.as_slice())
+            .timestamp(SENT_AT + i as i64)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(trace.as_bytes()),
+            }));
+        p.send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced");
+    }
+    let sink = Running::start(config, Arc::new(Patches), store.clone());
+    wait_caught_up(&group, &sources, WAIT).await;
+    // m's good changes (1 and 3) are applied; only the cancellation is dead-lettered.
+    let rows = store.rows();
+    assert_eq!(rows.get("m"), Some(&(3, "OrderConfirmed".to_string())));
+    assert_eq!(rows.get("n"), Some(&(1, "OrderPlaced".to_string())));
+    assert_eq!(sink.metrics.dlq(), 1);
+    let letters = read_all(&dlq_topic(&sources[0].topic), Duration::from_secs(3), WAIT);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let h = &letters[0].headers;
+    assert_eq!(h.get("dlq.source.offset").map(String::as_str), Some("1"));
+    assert_eq!(
+        h.get(HEADER_ERROR_CLASS).map(String::as_str),
+        Some("rejected")
+    );
+    // Where it came from: the original headers and timestamp, and whose failure it is.
+    assert_eq!(h.get("traceparent").map(String::as_str), Some("trace-1"));
+    assert_eq!(
+        h.get(HEADER_SOURCE_TIMESTAMP).map(String::as_str),
+        Some((SENT_AT + 1).to_string().as_str())
+    );
+    assert_eq!(h.get(HEADER_CONSUMER_GROUP), Some(&group));
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_spike_pauses_the_sink_instead_of_emptying_it_into_the_dlq() {
+    let sources = topics("runner-spike", &[EventStream::Orders], 1).await;
+    let store = Arc::new(Memory::default());
+    let mut config = sink_config("runner-spike", &sources);
+    // Low, so that whichever batch the first bad record lands in trips it: after the four good
+    // records, k bad ones are at least a fifth of the window.
+    config.dlq_pause_ratio = 0.1;
+    config.dlq_pause_min = 1;
+    config.dlq_pause_window = 100;
+    let group = config.group_id.clone();
+    let codec = codec();
+    let mut log = orders_log(2).await;
+    for seq in 1..=20 {
+        log.push(
+            encode(
+                &codec,
+                EventStream::Orders,
+                "bad",
+                &order_placed("bad", "u1", seq, 100),
+            )
+            .await,
+        );
+    }
+    produce(&sources, &log[..4]).await;
+    let sink = Running::start(config, Arc::new(Statuses), store.clone());
+    wait_caught_up(&group, &sources, WAIT).await;
+    produce(&sources, &log[4..]).await;
+    eventually(
+        "the sink to pause on the dead-letter rate",
+        WAIT,
+        || async { sink.metrics.is_dlq_paused().then_some(()) },
+    )
+    .await;
+    let calls = store.calls.load(Ordering::SeqCst);
+    eventually("the held batch to be tried again", WAIT, || async {
+        (store.calls.load(Ordering::SeqCst) > calls + 2).then_some(())
+    })
+    .await;
+    assert_eq!(sink.metrics.dlq(), 0);
+    assert_eq!(committed_total(&group, &sources), 4, "nothing acknowledged");
+    assert!(read_all(
+        &dlq_topic(&sources[0].topic),
+        Duration::from_secs(2),
+        Duration::from_secs(10)
+    )
+    .is_empty());
+    assert_eq!(
+        sink.sample("tributary_sink_dlq_paused{sink=\"runner-spike\"}"),
+        Some(1.0)
+    );
+
+    // The cause is fixed (here: the store takes them): the held records are applied.
+    store.lenient.store(true, Ordering::SeqCst);
+    wait_caught_up(&group, &sources, WAIT).await;
+    assert_eq!(store.rows().get("bad").map(|r| r.0), Some(20));
+    assert_eq!(sink.metrics.dlq(), 0);
+    assert!(!sink.metrics.is_dlq_paused());
     sink.stop().await;
 }

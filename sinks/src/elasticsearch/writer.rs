@@ -35,7 +35,9 @@ use serde_json::{json, Value};
 use super::indices::call;
 use super::projection::TOMBSTONE_VERSION;
 use super::STORE;
-use crate::change::{coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome};
+use crate::change::{
+    check_id_lengths, coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome,
+};
 
 /// Keeps Elasticsearch views; see the module documentation.
 #[derive(Clone, Debug)]
@@ -120,6 +122,17 @@ impl EsWriter {
     }
 }
 
+/// Elasticsearch refuses a document `_id` longer than 512 bytes.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// The `_id` of a change's document: its key, or `<key>#<version>` for an append entry.
+fn document_id(c: &Change) -> String {
+    match c.op {
+        Op::Append(_) => format!("{}#{}", c.key, c.version),
+        _ => c.key.clone(),
+    }
+}
+
 type Stored = HashMap<(&'static str, String), (i64, Value)>;
 
 const JSON: &str = "application/json";
@@ -134,6 +147,15 @@ impl ViewWriter for EsWriter {
     async fn write(&self, batch: &[Change]) -> Result<WriteOutcome, WriteError> {
         // Coalesced again in case the caller did not; older duplicates of an entity are stale.
         let (batch, dropped) = coalesce_counted(batch.to_vec());
+        // Checked here too (the server answers 400 `action_request_validation_exception`, a
+        // data error): the rejection then names the entity, so the runner need not guess.
+        check_id_lengths(
+            STORE,
+            &batch,
+            MAX_ID_BYTES,
+            "Elasticsearch's `_id` limit",
+            |c| document_id(c).len(),
+        )?;
         let stored = self.current(&batch).await?;
         let mut outcome = WriteOutcome {
             applied: 0,
@@ -175,7 +197,7 @@ impl ViewWriter for EsWriter {
                 }
                 Op::Append(_) => json!({ action: {
                     "_index": index,
-                    "_id": format!("{}#{}", c.key, c.version),
+                    "_id": document_id(c),
                 }}),
                 _ => json!({ action: versioned }),
             };
@@ -263,8 +285,15 @@ fn unreachable(e: elasticsearch::Error) -> WriteError {
     }
 }
 
-/// 429 and 5xx are the server's state (retry); any other failure is about the request.
+/// Only an allow-list of answers is about the document and dead-lettered: a 400 whose error
+/// type says the document does not fit (mapping, parsing, strict mapping, illegal argument such
+/// as an over-long `_id`), and 413 (the request is too large; for a whole `_bulk` the runner
+/// narrows it down record by record). Everything else is the server's or the cluster's state
+/// and is retried, never dead-lettered: 401/403 (credentials, and the `index.blocks.write` /
+/// read-only blocks, `cluster_block_exception`), 404 (index or alias missing), 408, 429, 5xx,
+/// a 400 of another type (e.g. `index_closed_exception`) and no answer at all.
 fn status_error(status: u16, view: &'static str, key: &str, reply: &Value) -> WriteError {
+    let kind = reply["error"]["type"].as_str().unwrap_or("");
     let reason = match &reply["error"] {
         Value::Null => reply.to_string(),
         Value::String(s) => s.clone(),
@@ -274,17 +303,59 @@ fn status_error(status: u16, view: &'static str, key: &str, reply: &Value) -> Wr
             e["reason"].as_str().unwrap_or("")
         ),
     };
-    if status == 429 || status >= 500 || status == 0 {
-        WriteError::Unavailable {
-            store: STORE,
-            message: format!("HTTP {status} for {view}/{key}: {reason}"),
-        }
-    } else {
+    if is_data_error(status, kind) {
         WriteError::Rejected {
             store: STORE,
             view,
             key: key.to_string(),
             message: format!("HTTP {status}: {reason}"),
+        }
+    } else {
+        WriteError::Unavailable {
+            store: STORE,
+            message: format!("HTTP {status} for {view}/{key}: {reason}"),
+        }
+    }
+}
+
+/// Error types of a 400 that are about the document.
+const DATA_ERROR_TYPES: &[&str] = &[
+    "mapper_parsing_exception",
+    "document_parsing_exception",
+    "strict_dynamic_mapping_exception",
+    "mapper_exception",
+    "illegal_argument_exception",
+    "parse_exception",
+    "x_content_parse_exception",
+    "json_parse_exception",
+    "action_request_validation_exception",
+    "number_format_exception",
+    "date_time_parse_exception",
+];
+
+fn is_data_error(status: u16, error_type: &str) -> bool {
+    match status {
+        413 => true,
+        400 => DATA_ERROR_TYPES.contains(&error_type),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_data_error;
+
+    #[test]
+    fn only_document_errors_are_data_errors() {
+        assert!(is_data_error(400, "mapper_parsing_exception"));
+        assert!(is_data_error(400, "strict_dynamic_mapping_exception"));
+        assert!(is_data_error(413, ""));
+        assert!(!is_data_error(400, "index_closed_exception"));
+        for status in [401, 403, 404, 408, 429, 500, 502, 503] {
+            assert!(
+                !is_data_error(status, "cluster_block_exception"),
+                "{status}"
+            );
         }
     }
 }

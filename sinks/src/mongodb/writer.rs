@@ -33,10 +33,38 @@ use ::mongodb::options::{
 use ::mongodb::{Client, Database};
 
 use super::{to_document, STORE};
-use crate::change::{coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome};
+use crate::change::{
+    check_id_lengths, coalesce_counted, Change, Op, ViewWriter, WriteError, WriteOutcome,
+};
 
 /// Duplicate key.
 const DUPLICATE_KEY: i32 = 11000;
+
+/// Longest `_id` written: MongoDB's index-key limit (1024 bytes before 4.2, still the limit of
+/// servers with `failIndexKeyTooLong`), checked by the writer so that the view does not depend
+/// on which server version (or SecantusDB) runs it.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Server error codes about the document itself: the only ones dead-lettered. Every other code
+/// (auth 13/18, quota, server state, anything unknown) is retried, never dead-lettered.
+const DATA_CODES: &[i32] = &[
+    2,     // BadValue
+    9,     // FailedToParse
+    14,    // TypeMismatch
+    28,    // PathNotViable
+    52,    // DollarPrefixedFieldName
+    53,    // InvalidIdField
+    54,    // NotSingleValueField
+    55,    // InvalidDBRef
+    56,    // EmptyFieldName
+    57,    // DottedFieldName
+    66,    // ImmutableField
+    121,   // DocumentValidationFailure
+    10334, // BSONObjectTooLarge
+    11000, // DuplicateKey (a unique business key; see `triage` for the stale case)
+    17280, // KeyTooLong
+    17419, // document too large after an update
+];
 
 /// Server error codes that a retry can cure (the server is shutting down, stepping down or
 /// busy), as opposed to codes about the document itself.
@@ -160,7 +188,14 @@ impl MongoWriter {
                 )));
             };
             if err.code != DUPLICATE_KEY {
-                return Err(rejected(change, err));
+                return Err(if DATA_CODES.contains(&err.code) {
+                    rejected(change, err)
+                } else {
+                    unavailable(format!(
+                        "{}/{}: code {}: {}",
+                        change.view, change.key, err.code, err.message
+                    ))
+                });
             }
             // An append's `_id` is its (key, version): a duplicate is that entry, written before.
             if !matches!(change.op, Op::Append(_)) {
@@ -241,6 +276,16 @@ impl ViewWriter for MongoWriter {
     async fn write(&self, batch: &[Change]) -> Result<WriteOutcome, WriteError> {
         // Coalesced again in case the caller did not; older duplicates of an entity are stale.
         let (batch, dropped) = coalesce_counted(batch.to_vec());
+        check_id_lengths(
+            STORE,
+            &batch,
+            MAX_ID_BYTES,
+            "MongoDB's index-key limit",
+            |c| match c.op {
+                Op::Append(_) => append_id(c).len(),
+                _ => c.key.len(),
+            },
+        )?;
         if batch.is_empty() {
             return Ok(WriteOutcome {
                 applied: 0,
@@ -315,18 +360,31 @@ fn unavailable(message: String) -> WriteError {
     }
 }
 
-/// Maps a driver error that is not about one document: network, selection and
-/// server-state errors can be retried; anything else is the batch's fault.
+/// Maps a driver error that is not about one document: only a server code of [`DATA_CODES`]
+/// or a document the driver cannot encode is the batch's fault (the runner narrows it down
+/// record by record); network, selection, authentication and every other server error is
+/// retried.
 pub(crate) fn classify(e: Error) -> WriteError {
-    if is_transient(&e) {
-        unavailable(e.to_string())
-    } else {
+    if !is_transient(&e) && is_data_error(&e) {
         WriteError::Rejected {
             store: STORE,
             view: "(batch)",
             key: String::new(),
             message: e.to_string(),
         }
+    } else {
+        unavailable(e.to_string())
+    }
+}
+
+fn is_data_error(e: &Error) -> bool {
+    match &*e.kind {
+        ErrorKind::Command(c) => DATA_CODES.contains(&c.code),
+        ErrorKind::Write(::mongodb::error::WriteFailure::WriteError(w)) => {
+            DATA_CODES.contains(&w.code)
+        }
+        ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => true,
+        _ => false,
     }
 }
 

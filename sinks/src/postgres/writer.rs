@@ -7,9 +7,16 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::views::{View, ViewKind, COPY_STAGE, CREATE_STAGE, VIEWS};
-use crate::change::{Change, Op, ViewWriter, WriteError, WriteOutcome};
+use crate::change::{check_id_lengths, Change, Op, ViewWriter, WriteError, WriteOutcome};
 
 const STORE: &str = "postgres";
+
+/// Longest entity id written. A btree entry must fit in a third of an 8 KB page (2704 bytes,
+/// tuple header and the other key columns included); PostgreSQL checks the compressed size,
+/// which depends on the text, so the writer refuses by raw size, leaving room for the rest of
+/// the entry, and the same id is refused whatever it compresses to. A longer value in another
+/// indexed column still comes back as SQLSTATE 54000, also a data error.
+pub const MAX_ID_BYTES: usize = 2600;
 
 /// The migrations under `sinks/migrations/postgres`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -212,6 +219,9 @@ impl ViewWriter for PostgresWriter {
         if batch.is_empty() {
             return Ok(WriteOutcome::default());
         }
+        check_id_lengths(STORE, batch, MAX_ID_BYTES, "a btree index entry", |c| {
+            c.key.len()
+        })?;
         let mut stage = Stage::new();
         for c in batch {
             let Some(i) = VIEWS.iter().position(|v| v.name == c.view) else {
@@ -305,26 +315,55 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-/// Integrity-constraint (class 23) and data (class 22) errors are properties of the rows: the
-/// batch is rejected. Everything else (connection loss, shutdown, timeouts, lock conflicts, and
-/// also schema errors a deploy can fix) is worth retrying, never dead-lettering.
+/// Only an allow-list of SQLSTATEs is about the rows themselves and dead-lettered: integrity
+/// constraints (class 23), data exceptions (class 22: bad values, too long for the column, NUL
+/// bytes) and `54000` program limit exceeded (an index entry over btree's ~2.7 KB limit). The
+/// statement covers many rows and PostgreSQL does not say which one failed; the runner narrows
+/// it down record by record. Everything else is the server's or the deployment's state and is
+/// retried, never dead-lettered: connection loss (08), auth (28), insufficient privilege
+/// (42501) and other schema errors a migration or a grant fixes (42), insufficient resources
+/// (53), operator intervention and shutdown (57), system errors (58), lock conflicts, timeouts.
 fn classify(e: sqlx::Error, view: &'static str) -> WriteError {
     let code = e
         .as_database_error()
         .and_then(|d| d.code())
         .map(|c| c.into_owned());
     match code.as_deref() {
-        Some(c) if c.starts_with("23") || c.starts_with("22") => WriteError::Rejected {
+        Some(c) if is_data_error(c) => WriteError::Rejected {
             store: STORE,
             view,
-            // The statement covers many rows and PostgreSQL does not say which one failed; the
-            // runner narrows it down record by record.
             key: String::new(),
             message: format!("SQLSTATE {c}: {e}"),
         },
-        _ => WriteError::Unavailable {
+        Some(c) => WriteError::Unavailable {
+            store: STORE,
+            message: format!("SQLSTATE {c}: {e}"),
+        },
+        None => WriteError::Unavailable {
             store: STORE,
             message: e.to_string(),
         },
+    }
+}
+
+/// The SQLSTATEs a retry cannot cure because they are about the data written.
+pub(crate) fn is_data_error(sqlstate: &str) -> bool {
+    sqlstate.starts_with("22") || sqlstate.starts_with("23") || sqlstate == "54000"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_data_error;
+
+    #[test]
+    fn only_data_sqlstates_are_data_errors() {
+        for data in ["23505", "23514", "22001", "22P02", "22021", "54000"] {
+            assert!(is_data_error(data), "{data}");
+        }
+        for infra in [
+            "08006", "28P01", "42501", "42P01", "53100", "57P01", "58030", "40001",
+        ] {
+            assert!(!is_data_error(infra), "{infra}");
+        }
     }
 }

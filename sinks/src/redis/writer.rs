@@ -1,6 +1,7 @@
 //! Applies batches of changes to Redis: one pipeline per batch, one compare-and-set script call
 //! per entity.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -8,9 +9,14 @@ use ::redis::{ErrorKind, RedisError, Script};
 use serde_json::Value;
 
 use super::projection::{EXPIRE_AT_FIELD, MEMBER_FIELD};
-use crate::change::{Change, Op, ViewWriter, WriteError, WriteOutcome};
+use crate::change::{check_id_lengths, Change, Op, ViewWriter, WriteError, WriteOutcome};
 
 const STORE: &str = "redis";
+
+/// Longest entity id written. Redis itself takes keys up to 512 MB; this sink refuses ids over
+/// 1 KB, MongoDB's index-key limit, so that the two key-value views agree on which entities
+/// exist and a scan of the prefix stays cheap.
+pub const MAX_ID_BYTES: usize = 1024;
 
 /// Versioned compare-and-set of one entity hash.
 ///
@@ -22,7 +28,12 @@ const STORE: &str = "redis";
 /// KEYS: entity hash, tombstone key.
 /// ARGV: version, op (`upsert` | `patch` | `delete`), expire-at ms (0: none), tombstone TTL ms,
 /// number of fields to set N, then N field/value pairs, then fields to remove.
-const CAS_SCRIPT: &str = r"
+///
+/// The `#!lua` line (Redis 7 script flags, none given) makes Redis check `maxmemory` before the
+/// script starts: a script without flags is only checked at its first write and may then write
+/// on, and this one's first write is a `DEL`, which is always allowed; so without the line a
+/// full Redis with `noeviction` took every change.
+const CAS_SCRIPT: &str = r"#!lua
 local version = tonumber(ARGV[1])
 local current = redis.call('HGET', KEYS[1], '_version') or redis.call('GET', KEYS[2])
 if current and tonumber(current) >= version then
@@ -108,7 +119,11 @@ impl RedisSinkError {
 /// The Redis [`ViewWriter`].
 #[derive(Clone)]
 pub struct RedisWriter {
-    conn: ConnectionManager,
+    /// Replaced by a fresh manager when its connection cannot be re-established by itself
+    /// (see [`RedisWriter::renew`]); never locked across an await.
+    conn: Arc<RwLock<ConnectionManager>>,
+    client: ::redis::Client,
+    manager: ConnectionManagerConfig,
     config: RedisConfig,
     cas: Script,
 }
@@ -130,11 +145,13 @@ impl RedisWriter {
             .set_connection_timeout(config.connection_timeout)
             .set_number_of_retries(2)
             .set_max_delay(1000);
-        let conn = ConnectionManager::new_with_config(client, manager)
+        let conn = ConnectionManager::new_with_config(client.clone(), manager.clone())
             .await
             .map_err(error)?;
         Ok(Self {
-            conn,
+            conn: Arc::new(RwLock::new(conn)),
+            client,
+            manager,
             config,
             cas: Script::new(CAS_SCRIPT),
         })
@@ -142,7 +159,18 @@ impl RedisWriter {
 
     /// The connection, for readers and for [`super::RedisLock`].
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the connection manager by a freshly connected one. The manager reconnects by
+    /// itself only after an I/O error: when its reconnection failed otherwise (the password was
+    /// rotated: `WRONGPASS` during the handshake), it would answer that error forever, even
+    /// once the password is right again.
+    async fn renew(&self) {
+        match ConnectionManager::new_with_config(self.client.clone(), self.manager.clone()).await {
+            Ok(fresh) => *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh,
+            Err(e) => tracing::debug!(error = %e, "redis: reconnecting failed"),
+        }
     }
 
     /// The full key of entity `key` of `view`.
@@ -238,11 +266,22 @@ impl ViewWriter for RedisWriter {
         if batch.is_empty() {
             return Ok(WriteOutcome::default());
         }
+        check_id_lengths(
+            STORE,
+            batch,
+            MAX_ID_BYTES,
+            "the Redis sink's key limit",
+            |c| c.key.len(),
+        )?;
         let pipe = self.pipeline(batch)?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         // Every command is idempotent, so a pipeline that failed part way is simply sent again.
         let results: Vec<i64> = match pipe.query_async(&mut conn).await {
             Ok(r) => r,
+            Err(e) if needs_new_connection(&e) => {
+                self.renew().await;
+                return Err(classify(e));
+            }
             Err(e) if e.kind() == ErrorKind::NoScriptError => {
                 // A restarted (or flushed) server forgot the script: load it and send again.
                 self.cas
@@ -262,20 +301,14 @@ impl ViewWriter for RedisWriter {
     }
 }
 
-/// Connection trouble and a server that is loading, read-only or busy are transient; an error
-/// about the command or the data (e.g. `WRONGTYPE`) is a rejection.
+/// Only an allow-list of replies is about the data and dead-lettered: `WRONGTYPE` (the key
+/// holds another type) and the `ERR` replies about a value (not an integer or float, out of
+/// range, over a size limit). Everything else is the server's state and is retried, never
+/// dead-lettered: connection trouble and timeouts, `OOM` (maxmemory reached with noeviction),
+/// `MISCONF` (snapshots failing), `NOAUTH`/`WRONGPASS` (credentials), `NOPERM` (ACL),
+/// `READONLY` (a replica), `LOADING`, `BUSY`, `MASTERDOWN`, and any code not listed.
 fn classify(e: RedisError) -> WriteError {
-    let rejected = !e.is_io_error()
-        && !e.is_connection_refusal()
-        && !e.is_connection_dropped()
-        && !e.is_timeout()
-        && matches!(
-            e.kind(),
-            ErrorKind::ResponseError | ErrorKind::TypeError | ErrorKind::ExtensionError
-        )
-        && e.code() != Some("LOADING")
-        && e.code() != Some("BUSY");
-    if rejected {
+    if is_data_error(&e) {
         WriteError::Rejected {
             store: STORE,
             view: "(batch)",
@@ -289,5 +322,35 @@ fn classify(e: RedisError) -> WriteError {
             store: STORE,
             message: e.to_string(),
         }
+    }
+}
+
+/// An authentication failure: the connection manager will not recover from it by itself.
+fn needs_new_connection(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH") | Some("WRONGPASS"))
+}
+
+/// `ERR` replies that are about the value of a command, not the server.
+const DATA_ERR_DETAILS: &[&str] = &[
+    "not an integer",
+    "not a valid float",
+    "out of range",
+    "string exceeds maximum allowed size",
+    "invalid expire time",
+    "invalid bulk length",
+];
+
+fn is_data_error(e: &RedisError) -> bool {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
+        return false;
+    }
+    match e.code() {
+        Some("WRONGTYPE") => true,
+        Some("ERR") => {
+            let text = e.to_string();
+            DATA_ERR_DETAILS.iter().any(|d| text.contains(d))
+        }
+        _ => false,
     }
 }

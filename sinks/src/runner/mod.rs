@@ -13,21 +13,35 @@
 //!
 //! A transient store error never skips or reorders anything: the runner keeps the same batch and
 //! retries it, with capped exponential backoff, until the store is back (or shutdown is asked).
-//! Only a record the store *rejects* is dead-lettered; to find it, the runner takes out the
-//! records that produced the rejected entity, or, when the store cannot say which entity it was,
-//! writes the batch record by record.
+//! Meanwhile the member stays in its group: once a batch has been in flight for
+//! [`KEEPALIVE`], the runner pauses its partitions and goes on polling (which is what
+//! `max.poll.interval.ms` measures), holding back any record that still arrives, and resumes
+//! them once the batch is acknowledged. An outage shows as `tributary_sink_store_unavailable`
+//! and one log line at its start and end.
+//!
+//! Only a record the store *rejects* (a writer's allow-list of data errors) is dead-lettered;
+//! to find it, the runner takes out the record that produced the rejected entity (several
+//! records of that entity are written one by one to find the bad one), or, when the store
+//! cannot say which entity it was, writes the batch record by record.
+//!
+//! A spike of dead letters is more likely a bug or a misclassified outage than bad data: when
+//! over [`SinkConfig::dlq_pause_ratio`] of the recent records (and at least
+//! [`SinkConfig::dlq_pause_min`]) would be dead-lettered, the sink holds the batch back instead,
+//! retrying it with backoff (`tributary_sink_dlq_paused`), rather than emptying its input into
+//! the DLQ.
 
 pub mod event;
 pub mod projection;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, TopicPartitionList};
 use tributary_runtime::kafka::{client_config, close_consumer, ensure_topic, TopicSpec};
 use tributary_schemas::Codec;
 
@@ -77,11 +91,19 @@ pub struct SinkConfig {
     pub close_timeout: Duration,
     /// Extra librdkafka consumer settings (e.g. `session.timeout.ms`), applied last.
     pub consumer_settings: Vec<(String, String)>,
+    /// The sink pauses (holds the batch back and retries it) instead of dead-lettering when
+    /// more than this fraction of the last `dlq_pause_window` records, batch included, would be
+    /// dead letters...
+    pub dlq_pause_ratio: f64,
+    /// ...and at least this many of them: a few poison records never pause a sink.
+    pub dlq_pause_min: u64,
+    pub dlq_pause_window: u64,
 }
 
 impl SinkConfig {
     /// Defaults for the sink `name`: the broker from `TRIBUTARY_KAFKA_BROKERS`, group
-    /// `tributary-sink-<name>`, 500 records or 100 ms per batch, retries from 100 ms up to 10 s.
+    /// `tributary-sink-<name>`, 500 records or 100 ms per batch, retries from 100 ms up to 10 s;
+    /// pauses when over half of the last 1000 records, and at least 50, would be dead letters.
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
         Self {
@@ -96,6 +118,9 @@ impl SinkConfig {
             write_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             consumer_settings: Vec::new(),
+            dlq_pause_ratio: 0.5,
+            dlq_pause_min: 50,
+            dlq_pause_window: 1000,
         }
     }
 }
@@ -130,11 +155,40 @@ struct Record {
     timestamp_ms: i64,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    has_timestamp: bool,
+    group: Arc<str>,
 }
 
 impl Record {
+    fn of<M: Message>(m: &M, source: &SourceTopic, group: &Arc<str>) -> Record {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: source.topic.clone(),
+            stream: source.stream,
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+            has_timestamp: m.timestamp().to_millis().is_some(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+            group: group.clone(),
+        }
+    }
+
     fn dead(&self, class: ErrorClass, message: String) -> DeadLetter {
         DeadLetter {
+            timestamp_ms: self.has_timestamp.then_some(self.timestamp_ms),
+            headers: self.headers.clone(),
+            group: self.group.to_string(),
             topic: self.topic.clone(),
             partition: self.partition,
             offset: self.offset,
@@ -148,6 +202,80 @@ impl Record {
 
 type Stop = Shared<BoxFuture<'static, ()>>;
 
+/// How long a batch may be in flight before the runner pauses its partitions and polls to keep
+/// the member in its group (also the interval of those polls). Far below any sensible
+/// `max.poll.interval.ms` (at least the session timeout, 6 s on most brokers), and above a
+/// normal batch's write time, so a healthy sink never pauses.
+pub const KEEPALIVE: Duration = Duration::from_millis(500);
+
+/// The sink's consumer: rebalances are counted (`tributary_sink_rebalances_total`) and logged,
+/// so that a member that left its group during an outage shows.
+type SinkConsumer = BaseConsumer<SinkContext>;
+
+struct SinkContext {
+    name: String,
+    metrics: SinkMetrics,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.metrics.rebalanced(true);
+                tracing::info!(sink = %self.name, partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                self.metrics.rebalanced(false);
+                tracing::info!(sink = %self.name, partitions = tpl.count(), "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(sink = %self.name, error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Dead letters among the recent records, per batch, for the dead-letter rate limit.
+#[derive(Default)]
+struct DlqWindow {
+    batches: VecDeque<(u64, u64)>,
+    records: u64,
+    dead: u64,
+}
+
+impl DlqWindow {
+    /// Whether a batch of `records` with `dead` dead letters puts the rate over the limit.
+    fn over(&self, config: &SinkConfig, records: u64, dead: u64) -> bool {
+        if dead == 0 || config.dlq_pause_ratio >= 1.0 {
+            return false;
+        }
+        let (mut total, mut dead_total) = (self.records + records, self.dead + dead);
+        for (r, d) in &self.batches {
+            if total.saturating_sub(*r) < config.dlq_pause_window {
+                break;
+            }
+            total -= r;
+            dead_total -= d;
+        }
+        dead_total >= config.dlq_pause_min
+            && dead_total as f64 > config.dlq_pause_ratio * total as f64
+    }
+
+    fn push(&mut self, config: &SinkConfig, records: u64, dead: u64) {
+        self.batches.push_back((records, dead));
+        self.records += records;
+        self.dead += dead;
+        while let Some((r, d)) = self.batches.front().copied() {
+            if self.records.saturating_sub(r) < config.dlq_pause_window {
+                break;
+            }
+            self.batches.pop_front();
+            self.records -= r;
+            self.dead -= d;
+        }
+    }
+}
+
 /// Returned when shutdown interrupts a batch: nothing of it is acknowledged.
 struct Stopped;
 
@@ -158,6 +286,11 @@ pub struct Sink {
     projection: Arc<dyn Projection>,
     writer: Arc<dyn ViewWriter>,
     metrics: SinkMetrics,
+    /// When the current store outage started, if one is going on.
+    outage: Mutex<Option<Instant>>,
+    dlq_window: Mutex<DlqWindow>,
+    /// When the current dead-letter-rate pause started, if one is going on.
+    dlq_pause: Mutex<Option<Instant>>,
 }
 
 impl Sink {
@@ -175,6 +308,9 @@ impl Sink {
             projection,
             writer,
             metrics,
+            outage: Mutex::new(None),
+            dlq_window: Mutex::new(DlqWindow::default()),
+            dlq_pause: Mutex::new(None),
         }
     }
 
@@ -218,7 +354,11 @@ impl Sink {
         for (k, v) in &self.config.consumer_settings {
             settings.set(k, v);
         }
-        let consumer: BaseConsumer = settings.create().map_err(kafka)?;
+        let context = SinkContext {
+            name: self.config.name.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let consumer: SinkConsumer = settings.create_with_context(context).map_err(kafka)?;
         let topics: Vec<&str> = sources.iter().map(|s| s.topic.as_str()).collect();
         consumer.subscribe(&topics).map_err(kafka)?;
         let dlq = DeadLetterQueue::new(&self.config.brokers).map_err(kafka)?;
@@ -246,16 +386,37 @@ impl Sink {
 
     async fn consume(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &SinkConsumer,
         sources: &[SourceTopic],
         dlq: &DeadLetterQueue,
         stop: &Stop,
     ) -> Result<(), SinkError> {
         let max = self.config.batch_max_records.max(1);
+        let group: Arc<str> = self.config.group_id.as_str().into();
+        // Records polled while a batch was in flight: they start the next batch.
+        let mut held: VecDeque<Record> = VecDeque::new();
         loop {
             let mut batch: Vec<Record> = Vec::new();
             let mut deadline: Option<Instant> = None;
-            while batch.len() < max {
+            if !held.is_empty() {
+                // A partition revoked meanwhile is its new owner's to read now.
+                let assigned = consumer.assignment().ok();
+                let owned = |r: &Record| {
+                    assigned
+                        .as_ref()
+                        .is_some_and(|a| a.find_partition(&r.topic, r.partition).is_some())
+                };
+                while batch.len() < max {
+                    let Some(r) = held.pop_front() else { break };
+                    if owned(&r) {
+                        batch.push(r);
+                    }
+                }
+                if !batch.is_empty() {
+                    deadline = Some(Instant::now() + self.config.batch_linger);
+                }
+            }
+            while batch.len() < max && held.is_empty() {
                 if stopped(stop) {
                     // The partial batch is dropped unacknowledged: it comes back on restart.
                     return Ok(());
@@ -268,15 +429,7 @@ impl Sink {
                         if deadline.is_none() {
                             deadline = Some(Instant::now() + self.config.batch_linger);
                         }
-                        batch.push(Record {
-                            topic: source.topic.clone(),
-                            stream: source.stream,
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-                            key: m.key().map(<[u8]>::to_vec),
-                            value: m.payload().map(<[u8]>::to_vec),
-                        });
+                        batch.push(Record::of(&m, source, &group));
                         // A steady trickle must not hold a batch back past its linger either.
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             break;
@@ -299,15 +452,76 @@ impl Sink {
             if batch.is_empty() {
                 continue;
             }
-            if self.process(&batch, dlq, stop).await.is_err() {
+            let mut paused = false;
+            let done = {
+                let work = self.process(&batch, dlq, stop);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = tokio::time::sleep(KEEPALIVE) => {
+                            self.keep_alive(consumer, sources, &group, &mut held, &mut paused);
+                        }
+                    }
+                }
+            };
+            if done.is_err() {
                 return Ok(());
             }
             self.acknowledge(consumer, &batch);
+            if paused {
+                if let Ok(assigned) = consumer.assignment() {
+                    if let Err(e) = consumer.resume(&assigned) {
+                        tracing::warn!(sink = %self.config.name, error = %e, "resume failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls while a batch is in flight, so that the member stays in its group however long the
+    /// store takes: the first call pauses every assigned partition; a record that still arrives
+    /// (fetched before the pause, or of a partition assigned since) is held for the next batch
+    /// and its partition paused. Resuming restarts each partition's fetch after the last record
+    /// handed out, so nothing is skipped.
+    fn keep_alive(
+        &self,
+        consumer: &SinkConsumer,
+        sources: &[SourceTopic],
+        group: &Arc<str>,
+        held: &mut VecDeque<Record>,
+        paused: &mut bool,
+    ) {
+        if !*paused {
+            if let Ok(assigned) = consumer.assignment() {
+                if let Err(e) = consumer.pause(&assigned) {
+                    tracing::warn!(sink = %self.config.name, error = %e, "pause failed");
+                }
+            }
+            *paused = true;
+        }
+        while let Some(polled) = consumer.poll(Duration::ZERO) {
+            let m = match polled {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(sink = %self.config.name, error = %e, "consumer error while paused");
+                    break;
+                }
+            };
+            let Some(source) = sources.iter().find(|s| s.topic == m.topic()) else {
+                continue;
+            };
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(m.topic(), m.partition());
+            if let Err(e) = consumer.pause(&tpl) {
+                tracing::warn!(sink = %self.config.name, error = %e, "pause failed");
+            }
+            held.push_back(Record::of(&m, source, group));
         }
     }
 
     /// Stores the last offset of every partition of the batch and commits them.
-    fn acknowledge(&self, consumer: &BaseConsumer, batch: &[Record]) {
+    fn acknowledge(&self, consumer: &SinkConsumer, batch: &[Record]) {
         let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
             let e = last
@@ -330,22 +544,44 @@ impl Sink {
         }
     }
 
-    /// Decodes, projects and writes one batch; dead-letters its poison records.
+    /// Decodes, projects and writes one batch; dead-letters its poison records, unless that
+    /// puts the dead-letter rate over the limit: then the batch is held back and tried again.
     async fn process(
         &self,
         batch: &[Record],
         dlq: &DeadLetterQueue,
         stop: &Stop,
     ) -> Result<(), Stopped> {
-        let mut projected: Vec<(usize, Vec<Change>)> = Vec::with_capacity(batch.len());
-        let mut dead: Vec<DeadLetter> = Vec::new();
-        for (i, r) in batch.iter().enumerate() {
-            match self.project(r, stop).await? {
-                Ok(changes) => projected.push((i, changes)),
-                Err(letter) => dead.push(letter),
+        let mut attempt = 0;
+        let dead = loop {
+            let mut projected: Vec<(usize, Vec<Change>)> = Vec::with_capacity(batch.len());
+            let mut dead: Vec<DeadLetter> = Vec::new();
+            for (i, r) in batch.iter().enumerate() {
+                match self.project(r, stop).await? {
+                    Ok(changes) => projected.push((i, changes)),
+                    Err(letter) => dead.push(letter),
+                }
             }
+            self.write_all(batch, projected, &mut dead, stop).await?;
+            let over =
+                lock(&self.dlq_window).over(&self.config, batch.len() as u64, dead.len() as u64);
+            if !over {
+                break dead;
+            }
+            {
+                let mut pause = lock(&self.dlq_pause);
+                if pause.is_none() {
+                    *pause = Some(Instant::now());
+                    self.metrics.dlq_paused(true);
+                    tracing::error!(sink = %self.config.name, dead = dead.len(), records = batch.len(), ratio = self.config.dlq_pause_ratio, min = self.config.dlq_pause_min, window = self.config.dlq_pause_window, first = %dead[0].message, "dead-letter rate over the limit: sink paused, holding the batch back and retrying it");
+                }
+            }
+            self.backoff(&mut attempt, stop).await?;
+        };
+        if let Some(since) = lock(&self.dlq_pause).take() {
+            self.metrics.dlq_paused(false);
+            tracing::warn!(sink = %self.config.name, paused_for = ?since.elapsed(), dead = dead.len(), "dead-letter rate back under the limit: sink resumed");
         }
-        self.write_all(batch, projected, &mut dead, stop).await?;
         for letter in &dead {
             let mut attempt = 0;
             while let Err(e) = dlq.send(letter).await {
@@ -355,6 +591,7 @@ impl Sink {
             }
             tracing::warn!(sink = %self.config.name, topic = %letter.topic, partition = letter.partition, offset = letter.offset, class = letter.class.as_str(), reason = %letter.message, "record dead-lettered");
         }
+        lock(&self.dlq_window).push(&self.config, batch.len() as u64, dead.len() as u64);
         self.metrics.dead_lettered(dead.len() as u64);
         Ok(())
     }
@@ -417,11 +654,19 @@ impl Sink {
         dead: &mut Vec<DeadLetter>,
         stop: &Stop,
     ) -> Result<(), Stopped> {
+        let mut suspects: Vec<(usize, Vec<Change>)> = Vec::new();
         loop {
             let (changes, stale) =
                 coalesce_counted(projected.iter().flat_map(|(_, c)| c.clone()).collect());
             let records = projected.len();
             let Err(rejected) = self.write_retrying(records, &changes, stale, stop).await? else {
+                suspects.sort_by_key(|(i, _)| *i);
+                for (i, changes) in suspects {
+                    let (changes, stale) = coalesce_counted(changes);
+                    if let Err(e) = self.write_retrying(1, &changes, stale, stop).await? {
+                        dead.push(batch[i].dead(ErrorClass::Rejected, e.to_string()));
+                    }
+                }
                 return Ok(());
             };
             let (view, key) = match &rejected {
@@ -434,14 +679,23 @@ impl Sink {
                 .filter(|(_, (_, cs))| cs.iter().any(|c| c.view == view && c.key == key))
                 .map(|(pos, _)| pos)
                 .collect();
+            if culprits.len() == 1 {
+                let (i, _) = projected.remove(culprits[0]);
+                dead.push(batch[i].dead(ErrorClass::Rejected, rejected.to_string()));
+                continue;
+            }
             if !culprits.is_empty() {
+                // Several records made the rejected entity: the rest of the batch first, then
+                // these one by one in order, so that only the bad one is dead-lettered (the
+                // versions make the earlier ones' writes no-ops when a later one is newer).
                 for pos in culprits.into_iter().rev() {
-                    let (i, _) = projected.remove(pos);
-                    dead.push(batch[i].dead(ErrorClass::Rejected, rejected.to_string()));
+                    suspects.push(projected.remove(pos));
                 }
                 continue;
             }
             // The store could not name the entity: find the culprits one record at a time.
+            projected.extend(suspects);
+            projected.sort_by_key(|(i, _)| *i);
             for (i, changes) in projected {
                 let (changes, stale) = coalesce_counted(changes);
                 if let Err(e) = self.write_retrying(1, &changes, stale, stop).await? {
@@ -494,17 +748,30 @@ impl Sink {
             }
             match result {
                 Ok(mut outcome) => {
+                    self.outage_over();
                     outcome.stale += stale_in_batch;
                     self.metrics
                         .batch_written(records, changes, outcome, started.elapsed());
                     return Ok(Ok(outcome));
                 }
                 Err(e) if e.retriable() => {
-                    tracing::warn!(sink = %self.config.name, error = %e, attempt, "store unavailable; retrying the same batch");
+                    {
+                        let mut outage = lock(&self.outage);
+                        if outage.is_none() {
+                            *outage = Some(Instant::now());
+                            self.metrics.store_unavailable(true);
+                            tracing::warn!(sink = %self.config.name, store = self.writer.store(), error = %e, "store unavailable: holding the batch, retrying it with backoff; partitions paused while polling goes on");
+                        } else {
+                            tracing::debug!(sink = %self.config.name, error = %e, attempt, "store still unavailable");
+                        }
+                    }
                     self.metrics.retried();
                     self.backoff(&mut attempt, stop).await?;
                 }
-                Err(e) => return Ok(Err(e)),
+                Err(e) => {
+                    self.outage_over();
+                    return Ok(Err(e));
+                }
             }
         }
     }
@@ -525,6 +792,14 @@ impl Sink {
         }
     }
 
+    /// Ends the current outage, if any: one log line with its length.
+    fn outage_over(&self) {
+        if let Some(since) = lock(&self.outage).take() {
+            self.metrics.store_unavailable(false);
+            tracing::warn!(sink = %self.config.name, store = self.writer.store(), down_for = ?since.elapsed(), "store available again; outage over");
+        }
+    }
+
     async fn pause(&self, wait: Duration, stop: &Stop) {
         tokio::select! {
             _ = stop.clone() => {}
@@ -535,4 +810,37 @@ impl Sink {
 
 fn stopped(stop: &Stop) -> bool {
     stop.clone().now_or_never().is_some()
+}
+
+/// The state behind a mutex; never held across an await, so a poisoned one is still sound.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dead_letter_rate_limit_needs_both_the_ratio_and_the_count() {
+        let mut config = SinkConfig::new("t");
+        config.dlq_pause_ratio = 0.5;
+        config.dlq_pause_min = 10;
+        config.dlq_pause_window = 100;
+        let mut w = DlqWindow::default();
+        // A few poison records, even all of a batch, do not pause.
+        assert!(!w.over(&config, 3, 3));
+        w.push(&config, 3, 3);
+        // Ten of twelve: over both.
+        assert!(w.over(&config, 9, 7));
+        // Diluted by good records: under the ratio.
+        w.push(&config, 90, 0);
+        assert!(!w.over(&config, 10, 7));
+        // Old batches leave the window: 100 good records push the first out.
+        w.push(&config, 100, 0);
+        assert_eq!(w.dead, 0);
+        // Disabled.
+        config.dlq_pause_ratio = 1.0;
+        assert!(!w.over(&config, 50, 50));
+    }
 }

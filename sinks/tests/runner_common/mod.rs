@@ -605,3 +605,180 @@ impl Drop for Proxy {
         self.accept.abort();
     }
 }
+
+/// The committed offset of every partition of `sources` for `group` (`-1`: nothing committed).
+pub fn committed(group: &str, sources: &[SourceTopic]) -> Vec<(String, i32, i64)> {
+    let consumer: BaseConsumer = client_config(&KAFKA_BROKERS.get())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let timeout = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    for s in sources {
+        let md = consumer
+            .fetch_metadata(Some(&s.topic), timeout)
+            .expect("metadata");
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(&s.topic, p.id());
+            }
+        }
+    }
+    let committed = consumer
+        .committed_offsets(tpl, timeout)
+        .expect("committed offsets");
+    let out = committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            (e.topic().to_string(), e.partition(), at)
+        })
+        .collect();
+    close_consumer(&consumer, Duration::from_secs(5));
+    out
+}
+
+/// The sum of the committed offsets of `group` over `sources` (nothing committed counts 0).
+pub fn committed_total(group: &str, sources: &[SourceTopic]) -> i64 {
+    committed(group, sources)
+        .iter()
+        .map(|(_, _, o)| (*o).max(0))
+        .sum()
+}
+
+/// The members of consumer group `group` as `(member id, client id)`, and the group's state.
+pub fn group_members(group: &str) -> (String, Vec<String>) {
+    let consumer: BaseConsumer = client_config(&KAFKA_BROKERS.get())
+        .create()
+        .expect("consumer");
+    let list = consumer
+        .fetch_group_list(Some(group), Duration::from_secs(5))
+        .expect("group list");
+    let out = list
+        .groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .map(|g| {
+            (
+                g.state().to_string(),
+                g.members().iter().map(|m| m.id().to_string()).collect(),
+            )
+        })
+        .unwrap_or_default();
+    close_consumer(&consumer, Duration::from_secs(5));
+    out
+}
+
+/// Every record of `topic` (partition 0) from the beginning, read until nothing more arrives
+/// for `quiet`, at most `within`.
+pub fn read_all(topic: &str, quiet: Duration, within: Duration) -> Vec<Letter> {
+    let consumer: BaseConsumer = client_config(&KAFKA_BROKERS.get())
+        .set("group.id", unique_name("test-dlq-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + within;
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while Instant::now() < deadline && last.elapsed() < quiet {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            last = Instant::now();
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    headers.insert(
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(Letter {
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    close_consumer(&consumer, Duration::from_secs(5));
+    out
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
+}
+
+/// A redis-server of the test's own on a free port, without persistence, so that faults
+/// (maxmemory, passwords) never touch the shared one. Killed on drop.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts one with extra `args` (e.g. `["--requirepass", "x"]`).
+    pub async fn start(args: &[&str]) -> OwnRedis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (STACK.md: Debian package redis-server)");
+        let server = OwnRedis {
+            port,
+            child: Some(child),
+        };
+        eventually(
+            "the test's redis-server to accept connections",
+            Duration::from_secs(30),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        server
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// 8 KB of random alphanumerics: an id no store keys by, and that PostgreSQL cannot compress
+/// under its btree limit.
+pub fn huge_id(prefix: &str) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let tail: String = (0..8 * 1024 - prefix.len())
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
