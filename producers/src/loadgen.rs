@@ -347,8 +347,14 @@ mod tests {
         }
         // 2 restock rounds, each giving back 95 % of what the busier products sold since.
         let share = restocked as f64 / ordered as f64;
-        assert!((0.5..=0.95).contains(&share), "restocked {restocked} of {ordered}");
-        assert!((8..=40).contains(&cancels), "{cancels} cancellations of 1000 orders");
+        assert!(
+            (0.5..=0.95).contains(&share),
+            "restocked {restocked} of {ordered}"
+        );
+        assert!(
+            (8..=40).contains(&cancels),
+            "{cancels} cancellations of 1000 orders"
+        );
     }
 
     #[test]

@@ -1704,10 +1704,9 @@ fn a_registry_outage_mid_record_keeps_nothing_and_the_retry_places_the_order() {
     );
     assert_eq!(placed.causation_id.as_deref(), Some(cmd.id.as_str()));
     // The command is recorded as applied in the order itself (not in `seen`).
-    let state: OrderState = serde_json::from_slice(
-        &d.get(0, "orders", b"o-1").expect("get").expect("the order"),
-    )
-    .expect("an order state");
+    let state: OrderState =
+        serde_json::from_slice(&d.get(0, "orders", b"o-1").expect("get").expect("the order"))
+            .expect("an order state");
     assert_eq!(state.commands, vec![cmd.id.clone()]);
     assert_eq!(d.get(0, "seen", cmd.id.as_bytes()).expect("get"), None);
     assert_eq!(d.timers(0).expect("timers").len(), 1);

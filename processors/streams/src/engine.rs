@@ -699,12 +699,8 @@ pub(crate) fn run_loop(
                 // whole commit interval (fewer, larger commits; a key written several times in
                 // it reaches the changelog once). Exactly-once, the outputs leave with the
                 // commit, so commit once the batch is `min_commit_interval` old.
-                None if (n > 0 || lock(engine).has_pending())
-                    && started.elapsed() < batch_span =>
-                {
-                    wait = batch_span
-                        .saturating_sub(started.elapsed())
-                        .min(IDLE_WAIT);
+                None if (n > 0 || lock(engine).has_pending()) && started.elapsed() < batch_span => {
+                    wait = batch_span.saturating_sub(started.elapsed()).min(IDLE_WAIT);
                 }
                 None => break,
                 Some(Err(e)) => {

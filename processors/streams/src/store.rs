@@ -611,7 +611,10 @@ mod tests {
         s.put(b"kept", b"v", 11);
         s.keep_record();
         let recs = s.changelog_records(1, 11).expect("records");
-        assert_eq!(recs.iter().map(|r| r.key.clone()).collect::<Vec<_>>(), vec![b"kept".to_vec()]);
+        assert_eq!(
+            recs.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
+            vec![b"kept".to_vec()]
+        );
         s.commit_batch(Some(1)).expect("commit");
         // No tombstone is owed for it either.
         assert!(!s.has_pending());
