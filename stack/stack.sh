@@ -218,7 +218,11 @@ start_nisshi() {
       die "the Kafka broker (nisshi $NISSHI_VERSION) builds only with a nightly toolchain; none is installed (rustup toolchain list)"
     say "nisshi: building the Kafka broker $NISSHI_VERSION (features: $NISSHI_FEATURES) once into $NISSHI_ROOT in the background: about $NISSHI_ESTIMATE_MIN minutes on 2 cores (measured here while another cargo build ran), log $NISSHI_LOG"
     # --wait: setsid stays the parent (and $! stays alive) even if it had to fork.
-    setsid --wait cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked \
+    # Without CARGO_TARGET_DIR (env.sh sets it for our own builds) cargo install builds in a
+    # temp dir of its own: sharing ours made it wait on cargo's lock for as long as the release
+    # build below held it (measured on a fresh machine), and a nightly build shares no
+    # artefacts with stable ones anyway.
+    setsid --wait env -u CARGO_TARGET_DIR cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked \
       --no-default-features --features "$NISSHI_FEATURES" \
       --root "$NISSHI_ROOT" >"$NISSHI_LOG" 2>&1 </dev/null 8>&- &
     step_begin nisshi $! "$(date +%s)" "$NISSHI_LOG"

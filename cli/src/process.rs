@@ -43,6 +43,9 @@ pub struct Args {
     /// latency floor of each hop against the broker's load from idle fetches.
     #[arg(long, default_value_t = 50)]
     fetch_wait_ms: u64,
+    /// How long the producer gathers outputs into one request (librdkafka's linger.ms).
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
     /// Days a processed command or event id is remembered for de-duplication.
     #[arg(long, default_value_t = 7)]
     dedupe_retention_days: u64,
@@ -89,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.saga_timeout = Duration::from_secs(args.saga_timeout_secs.max(1));
     cfg.commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
     cfg.fetch_wait = Duration::from_millis(args.fetch_wait_ms.max(1));
+    cfg.linger = Duration::from_millis(args.linger_ms);
     cfg.dedupe_retention = Duration::from_secs(args.dedupe_retention_days.max(1) * 24 * 3600);
     cfg.decline = DeclineRule {
         user_suffix: Some(args.decline_user_suffix.clone()).filter(|s| !s.is_empty()),

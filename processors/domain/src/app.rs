@@ -40,6 +40,8 @@ pub struct DomainConfig {
     pub commit_interval: Duration,
     /// The runtime's fetch wait (see `tributary_streams::StreamsConfig::fetch_wait`).
     pub fetch_wait: Duration,
+    /// The runtime's producer linger (see `tributary_streams::StreamsConfig::linger`).
+    pub linger: Duration,
     /// Create missing topics (the pipeline's and the internal ones) before starting.
     pub create_topics: bool,
     /// The analytics' windows (by event time).
@@ -65,6 +67,7 @@ impl DomainConfig {
             decline: DeclineRule::default(),
             commit_interval: Duration::from_millis(100),
             fetch_wait: Duration::from_millis(50),
+            linger: Duration::from_millis(5),
             create_topics: true,
             analytics_windows: Windows::tumbling(60_000, 5_000),
             dedupe_retention: Duration::from_secs(7 * 24 * 3600),
@@ -180,7 +183,8 @@ impl DomainApp {
             .processor_name(self.name())
             .state_dir(&cfg.state_dir)
             .commit_interval(cfg.commit_interval)
-            .fetch_wait(cfg.fetch_wait);
+            .fetch_wait(cfg.fetch_wait)
+            .linger(cfg.linger);
         if let Some(r) = metrics {
             b = b.metrics_registry(r);
         }

@@ -88,6 +88,10 @@ impl StreamsBuilder {
         self.config.fetch_wait = d;
         self
     }
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.config.linger = d;
+        self
+    }
     pub fn max_poll_interval(mut self, d: Duration) -> Self {
         self.config.max_poll_interval = d;
         self

@@ -47,6 +47,11 @@ pub struct StreamsConfig {
     /// How long the broker may hold a fetch when no data is there. Each hop of a pipeline waits
     /// up to this long, so it is short; the local broker holds every fetch about half of it.
     pub fetch_wait: Duration,
+    /// How long the producer gathers outputs into one request (librdkafka's `linger.ms`).
+    /// Outputs are sent as records succeed, so a short linger means many small produce
+    /// requests; where the broker's CPU is the bound, a few ms buy larger requests for that
+    /// much latency per hop.
+    pub linger: Duration,
     /// Longest time between two polls before the group evicts the member. The engine polls
     /// between records, while restoring and while a record is retrying, so only a stuck
     /// processor call reaches it.
@@ -91,6 +96,7 @@ impl StreamsConfig {
             guarantee: Guarantee::AtLeastOnce,
             create_topics: true,
             fetch_wait: Duration::from_millis(10),
+            linger: Duration::from_millis(1),
             max_poll_interval: Duration::from_secs(300),
             retry_timeout: None,
             retention: BTreeMap::new(),

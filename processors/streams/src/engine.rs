@@ -120,7 +120,7 @@ impl Engine {
             )
             .set("transaction.timeout.ms", "30000");
         }
-        pcfg.set("linger.ms", "1")
+        pcfg.set("linger.ms", cfg.linger.as_millis().to_string())
             .set("message.timeout.ms", "30000")
             .set("queue.buffering.max.messages", "500000")
             // Java's partitioner, so outputs land where other clients would put the same key.
