@@ -14,6 +14,7 @@ use tributary_producers::gateway::{GatewayConfig, RateLimit};
 use tributary_producers::loadgen::Workload;
 use tributary_producers::{Command, CommandSender};
 use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL, SCHEMA_REGISTRY_URL};
+use tributary_runtime::redact;
 use tributary_schemas::Codec;
 
 #[derive(ClapArgs, Clone)]
@@ -141,10 +142,10 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     .with_issuer(args.jwt_issuer.clone())
     .with_audience(args.jwt_audience.clone());
     let client = redis::Client::open(args.redis.as_str())
-        .with_context(|| format!("redis URL {}", args.redis))?;
+        .with_context(|| format!("redis URL {}", redact::url(&args.redis)))?;
     let redis = redis::aio::ConnectionManager::new(client)
         .await
-        .with_context(|| format!("connecting to redis at {}", args.redis))?;
+        .with_context(|| format!("connecting to redis at {}", redact::url(&args.redis)))?;
     let mut config = GatewayConfig::new(args.listen, auth);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
     config.max_in_flight = args.max_in_flight.max(1);

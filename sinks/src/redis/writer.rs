@@ -1,6 +1,7 @@
 //! Applies batches of changes to Redis: one pipeline per batch, one compare-and-set script call
 //! per entity.
 
+use tributary_runtime::redact;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -118,11 +119,11 @@ impl RedisWriter {
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisSinkError> {
         let client =
             ::redis::Client::open(config.url.as_str()).map_err(|source| RedisSinkError::Url {
-                url: config.url.clone(),
+                url: redact::url(&config.url),
                 source,
             })?;
         let error = |source| RedisSinkError::Connect {
-            url: config.url.clone(),
+            url: redact::url(&config.url),
             source,
         };
         let manager = ConnectionManagerConfig::new()
