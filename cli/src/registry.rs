@@ -55,12 +55,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         tracing::warn!("no --users-file: the registry accepts changes from anyone");
     }
-    let running = tributary_registry::start_with(config, access).await.with_context(|| {
-        format!(
-            "starting the schema registry on {} (topic `{}` at {})",
-            args.listen, args.topic, args.brokers
-        )
-    })?;
+    let running = tributary_registry::start_with(config, access)
+        .await
+        .with_context(|| {
+            format!(
+                "starting the schema registry on {} (topic `{}` at {})",
+                args.listen, args.topic, args.brokers
+            )
+        })?;
     tracing::info!(addr = %running.addr, topic = %args.topic, "schema registry listening");
     crate::shutdown_signal().await;
     tracing::info!("shutting down");

@@ -1,11 +1,11 @@
 //! `tributary sink --store X`: one sink connector, a consumer-group member on the event topics.
 //! Run several with the same store to share the partitions.
 
-use tributary_runtime::redact;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tributary_runtime::redact;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, ValueEnum};

@@ -2,13 +2,13 @@
 //! store, the stores' addresses and namespaces, connecting and migrating each store as
 //! `tributary sink` does, the lock connection and a progress bar.
 
-use tributary_runtime::redact;
 use anyhow::Context;
 use clap::{Args as ClapArgs, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tributary_runtime::config::{
     DATABASE_URL, ELASTICSEARCH_URL, KAFKA_BROKERS, MONGODB_URL, REDIS_URL, SCHEMA_REGISTRY_URL,
 };
+use tributary_runtime::redact;
 use tributary_sinks::reconcile::Progress;
 use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
 
@@ -88,14 +88,12 @@ impl StoreArgs {
     /// The PostgreSQL writer, its migrations applied.
     pub async fn postgres(&self) -> anyhow::Result<pg::PostgresWriter> {
         let config = self.postgres_config();
-        pg::PostgresWriter::connect(&config)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to and migrating PostgreSQL at {}",
-                    redact::url(&config.url)
-                )
-            })
+        pg::PostgresWriter::connect(&config).await.with_context(|| {
+            format!(
+                "connecting to and migrating PostgreSQL at {}",
+                redact::url(&config.url)
+            )
+        })
     }
 
     /// The MongoDB writer, its migrations applied.

@@ -36,11 +36,23 @@ fn passwords_in_urls_appear_in_no_log_line_or_error() {
     let cases: [(&str, Vec<&str>); 5] = [
         (
             "pg-pw-0x51",
-            vec!["sink", "--store", "postgres", "--url", "postgres://app:pg-pw-0x51@127.0.0.1:1/db"],
+            vec![
+                "sink",
+                "--store",
+                "postgres",
+                "--url",
+                "postgres://app:pg-pw-0x51@127.0.0.1:1/db",
+            ],
         ),
         (
             "redis-pw-0x52",
-            vec!["sink", "--store", "redis", "--url", "redis://default:redis-pw-0x52@127.0.0.1:1"],
+            vec![
+                "sink",
+                "--store",
+                "redis",
+                "--url",
+                "redis://default:redis-pw-0x52@127.0.0.1:1",
+            ],
         ),
         (
             "mongo-pw-0x53",
@@ -54,11 +66,24 @@ fn passwords_in_urls_appear_in_no_log_line_or_error() {
         ),
         (
             "es-pw-0x54",
-            vec!["sink", "--store", "elasticsearch", "--url", "http://elastic:es-pw-0x54@127.0.0.1:1"],
+            vec![
+                "sink",
+                "--store",
+                "elasticsearch",
+                "--url",
+                "http://elastic:es-pw-0x54@127.0.0.1:1",
+            ],
         ),
         (
             "reg-pw-0x55",
-            vec!["schemas", "check", "--registry", "http://ci:reg-pw-0x55@127.0.0.1:1", "--dir", schemas],
+            vec![
+                "schemas",
+                "check",
+                "--registry",
+                "http://ci:reg-pw-0x55@127.0.0.1:1",
+                "--dir",
+                schemas,
+            ],
         ),
     ];
     for (password, args) in &cases {
@@ -92,6 +117,9 @@ fn kafka_properties_from_the_environment_reach_the_clients() {
         output.contains("security.protocol") && output.contains("not-a-protocol"),
         "{output}"
     );
-    assert!(output.contains("sasl.password"), "the property is named:\n{output}");
+    assert!(
+        output.contains("sasl.password"),
+        "the property is named:\n{output}"
+    );
     assert!(!output.contains("kafka-pw-0x56"), "{output}");
 }

@@ -5,10 +5,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use tributary_producers::gateway::auth::Authenticator;
 use tributary_producers::gateway::{self, GatewayConfig, RateLimit};
 use tributary_producers::CommandSender;
@@ -17,9 +17,7 @@ use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL};
 use tributary_runtime::kafka::{
     client_config, close_consumer, ensure_topic, unique_name, TopicSpec,
 };
-use tributary_schemas::domain::{
-    OrderCommand, PaymentCommand, RejectionEvent, RejectionReason,
-};
+use tributary_schemas::domain::{OrderCommand, PaymentCommand, RejectionEvent, RejectionReason};
 use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
 
@@ -237,8 +235,7 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
 
     // Refused input names what is wrong (the body lacks the order's lines, not its user,
     // which the token supplies).
-    let bad =
-        json!({"payload": {"PlaceOrder": {"order_id": "o-2", "user_id": "u-1", "currency": "EUR"}}});
+    let bad = json!({"payload": {"PlaceOrder": {"order_id": "o-2", "user_id": "u-1", "currency": "EUR"}}});
     let resp = http
         .post(url("/commands/commands.orders"))
         .bearer_auth(&u1)
@@ -458,31 +455,62 @@ async fn internal_and_catalogue_commands_need_their_role() {
     let url = format!("http://{addr}/commands/");
 
     let saga_steps = [
-        ("commands.payments", json!({"payload": {"RefundPayment": {"payment_id": "pay-o-1",
-            "order_id": "o-1", "amount_cents": 1000, "currency": "EUR", "reason": "x"}}})),
-        ("commands.payments", json!({"payload": {"AuthorizePayment": {"payment_id": "pay-o-1",
-            "order_id": "o-1", "user_id": "u-1", "amount_cents": 1000, "currency": "EUR"}}})),
-        ("commands.payments", json!({"payload": {"CapturePayment": {"payment_id": "pay-o-1",
-            "order_id": "o-1", "authorization_code": "a", "amount_cents": 1000, "currency": "EUR"}}})),
-        ("commands.inventory", json!({"payload": {"ReleaseStock": {"order_id": "o-1",
-            "reason": "CANCELLED"}}})),
-        ("commands.inventory", json!({"payload": {"CommitStock": {"order_id": "o-1",
-            "payment_id": "pay-o-1"}}})),
-        ("commands.inventory", json!({"payload": {"ReserveStock": {"order_id": "o-1",
-            "items": [{"product_id": "p-1", "quantity": 1}]}}})),
+        (
+            "commands.payments",
+            json!({"payload": {"RefundPayment": {"payment_id": "pay-o-1",
+            "order_id": "o-1", "amount_cents": 1000, "currency": "EUR", "reason": "x"}}}),
+        ),
+        (
+            "commands.payments",
+            json!({"payload": {"AuthorizePayment": {"payment_id": "pay-o-1",
+            "order_id": "o-1", "user_id": "u-1", "amount_cents": 1000, "currency": "EUR"}}}),
+        ),
+        (
+            "commands.payments",
+            json!({"payload": {"CapturePayment": {"payment_id": "pay-o-1",
+            "order_id": "o-1", "authorization_code": "a", "amount_cents": 1000, "currency": "EUR"}}}),
+        ),
+        (
+            "commands.inventory",
+            json!({"payload": {"ReleaseStock": {"order_id": "o-1",
+            "reason": "CANCELLED"}}}),
+        ),
+        (
+            "commands.inventory",
+            json!({"payload": {"CommitStock": {"order_id": "o-1",
+            "payment_id": "pay-o-1"}}}),
+        ),
+        (
+            "commands.inventory",
+            json!({"payload": {"ReserveStock": {"order_id": "o-1",
+            "items": [{"product_id": "p-1", "quantity": 1}]}}}),
+        ),
     ];
     let user = token("u-1", &[]);
     let admin_token = token("boss", &["admin"]);
     for (topic, body) in &saga_steps {
         for (who, req) in [
-            ("user", http.post(format!("{url}{topic}")).bearer_auth(&user)),
-            ("admin token", http.post(format!("{url}{topic}")).bearer_auth(&admin_token)),
-            ("admin key", http.post(format!("{url}{topic}")).header("x-api-key", ADMIN_KEY)),
+            (
+                "user",
+                http.post(format!("{url}{topic}")).bearer_auth(&user),
+            ),
+            (
+                "admin token",
+                http.post(format!("{url}{topic}")).bearer_auth(&admin_token),
+            ),
+            (
+                "admin key",
+                http.post(format!("{url}{topic}"))
+                    .header("x-api-key", ADMIN_KEY),
+            ),
         ] {
             let resp = req.json(body).send().await.unwrap();
             assert_eq!(resp.status(), 403, "{who}: {body}");
             let answer: Value = resp.json().await.unwrap();
-            assert!(answer["error"].as_str().unwrap().contains("internal"), "{answer}");
+            assert!(
+                answer["error"].as_str().unwrap().contains("internal"),
+                "{answer}"
+            );
         }
     }
     let restock = json!({"payload": {"RestockProduct": {"product_id": "p-1", "quantity": 5}}});
@@ -495,7 +523,11 @@ async fn internal_and_catalogue_commands_need_their_role() {
         .unwrap();
     assert_eq!(resp.status(), 403);
     assert_eq!(end_offset(&brokers, &payments), 0, "nothing on {payments}");
-    assert_eq!(end_offset(&brokers, &inventory), 0, "nothing on {inventory}");
+    assert_eq!(
+        end_offset(&brokers, &inventory),
+        0,
+        "nothing on {inventory}"
+    );
 
     // The admin restocks; the internal service refunds, and the record is the refund sent.
     let resp = http
@@ -515,7 +547,10 @@ async fn internal_and_catalogue_commands_need_their_role() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     let body: Value = resp.json().await.unwrap();
-    let (p, o) = (body["partition"].as_i64().unwrap() as i32, body["offset"].as_i64().unwrap());
+    let (p, o) = (
+        body["partition"].as_i64().unwrap() as i32,
+        body["offset"].as_i64().unwrap(),
+    );
     let (_, bytes) = tokio::task::spawn_blocking({
         let (b, t) = (brokers.clone(), payments.clone());
         move || record_at(&b, &t, p, o)
@@ -578,14 +613,23 @@ async fn timeout_in_flight_cap_and_failed_authentications_per_ip() {
         .unwrap();
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("in progress"), "{body}");
-    assert!(started.elapsed() < Duration::from_millis(1800), "refused at once");
+    assert!(
+        body["error"].as_str().unwrap().contains("in progress"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "refused at once"
+    );
 
     let resp = slow.await.unwrap();
     let waited = started.elapsed();
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("no answer within"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no answer within"),
+        "{body}"
+    );
     assert!(
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
         "answered at the timeout, after {waited:?}"

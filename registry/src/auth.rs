@@ -235,9 +235,7 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Role {
     match (method, segments.as_slice()) {
         (&Method::GET | &Method::HEAD, _) => Role::ReadOnly,
         // Lookups and compatibility checks send a schema but change nothing.
-        (&Method::POST, ["subjects", _]) | (&Method::POST, ["compatibility", ..]) => {
-            Role::ReadOnly
-        }
+        (&Method::POST, ["subjects", _]) | (&Method::POST, ["compatibility", ..]) => Role::ReadOnly,
         (&Method::POST, ["subjects", _, "versions"]) => Role::Write,
         (&Method::DELETE, ["subjects", _] | ["subjects", _, "versions", _]) if !permanent => {
             Role::Write
@@ -263,10 +261,20 @@ mod tests {
         let cases = [
             (Method::GET, "/subjects", None, ReadOnly),
             (Method::POST, "/subjects/a-value", None, ReadOnly),
-            (Method::POST, "/compatibility/subjects/a/versions/latest", None, ReadOnly),
+            (
+                Method::POST,
+                "/compatibility/subjects/a/versions/latest",
+                None,
+                ReadOnly,
+            ),
             (Method::POST, "/subjects/a-value/versions", None, Write),
             (Method::DELETE, "/subjects/a-value/versions/1", None, Write),
-            (Method::DELETE, "/subjects/a-value", Some("permanent=true"), Admin),
+            (
+                Method::DELETE,
+                "/subjects/a-value",
+                Some("permanent=true"),
+                Admin,
+            ),
             (Method::PUT, "/config", None, Admin),
             (Method::DELETE, "/config/a-value", None, Admin),
             (Method::PUT, "/mode", None, Admin),
@@ -288,21 +296,38 @@ mod tests {
         let register = (Method::POST, "/subjects/s/versions");
         let read = (Method::GET, "/subjects");
         let check = |(m, p): (Method, &str), h: &HeaderMap| access.check(&m, p, None, h);
-        assert_eq!(check(read.clone(), &HeaderMap::new()), Err(Denied::Unauthenticated));
+        assert_eq!(
+            check(read.clone(), &HeaderMap::new()),
+            Err(Denied::Unauthenticated)
+        );
         assert_eq!(check(read.clone(), &basic("reader", "r-pass")), Ok(()));
-        assert_eq!(check(read.clone(), &basic("reader", "wrong")), Err(Denied::Unauthenticated));
+        assert_eq!(
+            check(read.clone(), &basic("reader", "wrong")),
+            Err(Denied::Unauthenticated)
+        );
         assert!(matches!(
             check(register.clone(), &basic("reader", "r-pass")),
-            Err(Denied::Forbidden { needs: Role::Write, .. })
+            Err(Denied::Forbidden {
+                needs: Role::Write,
+                ..
+            })
         ));
         assert_eq!(check(register.clone(), &basic("ci", "ci-pass")), Ok(()));
         assert!(check(put.clone(), &basic("ci", "ci-pass")).is_err());
         assert_eq!(check(put.clone(), &basic("ops", "ops pass")), Ok(()));
 
         let anon = access.clone().with_anonymous_reads(true);
-        assert_eq!(anon.check(&Method::GET, "/subjects", None, &HeaderMap::new()), Ok(()));
         assert_eq!(
-            anon.check(&Method::POST, "/subjects/s/versions", None, &HeaderMap::new()),
+            anon.check(&Method::GET, "/subjects", None, &HeaderMap::new()),
+            Ok(())
+        );
+        assert_eq!(
+            anon.check(
+                &Method::POST,
+                "/subjects/s/versions",
+                None,
+                &HeaderMap::new()
+            ),
             Err(Denied::Unauthenticated)
         );
         let frozen = access.with_read_only(true);
@@ -312,7 +337,9 @@ mod tests {
         );
 
         assert!(Users::parse("x: MD5:abc,admin").is_err());
-        assert!(Users::parse("x: y,superuser").unwrap_err().contains("superuser"));
+        assert!(Users::parse("x: y,superuser")
+            .unwrap_err()
+            .contains("superuser"));
         assert!(Users::parse("# nobody\n").is_err());
     }
 }

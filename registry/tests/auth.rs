@@ -14,9 +14,13 @@ const USERS: &str = "# user: password,role\n\
 const SCHEMA: &str = r#"{"type":"record","name":"T","namespace":"tributary.test","fields":[{"name":"a","type":"long"}]}"#;
 
 async fn registry(access: Access) -> (RunningRegistry, String) {
-    let reg = start_in_memory_with("127.0.0.1:0".parse().unwrap(), Compatibility::Backward, access)
-        .await
-        .unwrap();
+    let reg = start_in_memory_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Compatibility::Backward,
+        access,
+    )
+    .await
+    .unwrap();
     let base = format!("http://{}", reg.addr);
     (reg, base)
 }
@@ -69,35 +73,83 @@ async fn writes_need_credentials_and_the_right_role() {
 
     // Without credentials, or with a wrong password: 401 for writes and reads alike.
     let (s, b) = call(&base, Method::POST, register, schema(), None).await;
-    assert_eq!((s, b["error_code"].clone()), (StatusCode::UNAUTHORIZED, json!(401)));
-    let (s, _) = call(&base, Method::POST, register, schema(), Some(("ci", "nope"))).await;
+    assert_eq!(
+        (s, b["error_code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!(401))
+    );
+    let (s, _) = call(
+        &base,
+        Method::POST,
+        register,
+        schema(),
+        Some(("ci", "nope")),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = call(&base, Method::GET, "/subjects", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = call(&base, Method::PUT, "/config", Some(json!({"compatibility": "NONE"})), None).await;
+    let (s, _) = call(
+        &base,
+        Method::PUT,
+        "/config",
+        Some(json!({"compatibility": "NONE"})),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // read-only reads, and may not register.
     let (s, b) = call(&base, Method::GET, "/subjects", None, reader).await;
     assert_eq!((s, b), (StatusCode::OK, json!([])));
     let (s, b) = call(&base, Method::POST, register, schema(), reader).await;
-    assert_eq!((s, b["error_code"].clone()), (StatusCode::FORBIDDEN, json!(40301)));
+    assert_eq!(
+        (s, b["error_code"].clone()),
+        (StatusCode::FORBIDDEN, json!(40301))
+    );
 
     // write registers and soft-deletes, but may not change the level or delete for good.
     let (s, b) = call(&base, Method::POST, register, schema(), ci).await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, _) = call(&base, Method::PUT, "/config", Some(json!({"compatibility": "NONE"})), ci).await;
+    let (s, _) = call(
+        &base,
+        Method::PUT,
+        "/config",
+        Some(json!({"compatibility": "NONE"})),
+        ci,
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = call(&base, Method::DELETE, "/subjects/t-value", None, ci).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(&base, Method::DELETE, "/subjects/t-value?permanent=true", None, ci).await;
+    let (s, _) = call(
+        &base,
+        Method::DELETE,
+        "/subjects/t-value?permanent=true",
+        None,
+        ci,
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // The level is unchanged by the refused PUT; admin changes it and deletes for good.
     let (_, b) = call(&base, Method::GET, "/config", None, reader).await;
     assert_eq!(b["compatibilityLevel"], "BACKWARD");
-    let (s, _) = call(&base, Method::PUT, "/config", Some(json!({"compatibility": "FULL"})), ops).await;
+    let (s, _) = call(
+        &base,
+        Method::PUT,
+        "/config",
+        Some(json!({"compatibility": "FULL"})),
+        ops,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, b) = call(&base, Method::DELETE, "/subjects/t-value?permanent=true", None, ops).await;
+    let (s, b) = call(
+        &base,
+        Method::DELETE,
+        "/subjects/t-value?permanent=true",
+        None,
+        ops,
+    )
+    .await;
     assert_eq!((s, b), (StatusCode::OK, json!([1])));
     reg.shutdown().await;
 }
@@ -105,23 +157,68 @@ async fn writes_need_credentials_and_the_right_role() {
 #[tokio::test]
 async fn anonymous_reads_and_read_only_mode() {
     let (reg, base) = registry(secured().with_anonymous_reads(true)).await;
-    let (s, _) = call(&base, Method::POST, "/subjects/t-value/versions", Some(json!({"schema": SCHEMA})), Some(("ci", "ci-pass"))).await;
+    let (s, _) = call(
+        &base,
+        Method::POST,
+        "/subjects/t-value/versions",
+        Some(json!({"schema": SCHEMA})),
+        Some(("ci", "ci-pass")),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (s, b) = call(&base, Method::GET, "/subjects", None, None).await;
     assert_eq!((s, b), (StatusCode::OK, json!(["t-value"])));
     // A lookup sends a body but is a read.
-    let (s, b) = call(&base, Method::POST, "/subjects/t-value", Some(json!({"schema": SCHEMA})), None).await;
+    let (s, b) = call(
+        &base,
+        Method::POST,
+        "/subjects/t-value",
+        Some(json!({"schema": SCHEMA})),
+        None,
+    )
+    .await;
     assert_eq!((s, b["version"].clone()), (StatusCode::OK, json!(1)));
-    let (s, _) = call(&base, Method::POST, "/subjects/u-value/versions", Some(json!({"schema": SCHEMA})), None).await;
+    let (s, _) = call(
+        &base,
+        Method::POST,
+        "/subjects/u-value/versions",
+        Some(json!({"schema": SCHEMA})),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     reg.shutdown().await;
 
     let (reg, base) = registry(secured().with_read_only(true)).await;
-    let (s, b) = call(&base, Method::POST, "/subjects/t-value/versions", Some(json!({"schema": SCHEMA})), Some(("ops", "ops-pass"))).await;
-    assert_eq!((s, b["error_code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!(42205)));
-    let (_, b) = call(&base, Method::GET, "/mode", None, Some(("reader", "reader-pass"))).await;
+    let (s, b) = call(
+        &base,
+        Method::POST,
+        "/subjects/t-value/versions",
+        Some(json!({"schema": SCHEMA})),
+        Some(("ops", "ops-pass")),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error_code"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!(42205))
+    );
+    let (_, b) = call(
+        &base,
+        Method::GET,
+        "/mode",
+        None,
+        Some(("reader", "reader-pass")),
+    )
+    .await;
     assert_eq!(b["mode"], "READONLY");
-    let (_, b) = call(&base, Method::GET, "/subjects", None, Some(("ops", "ops-pass"))).await;
+    let (_, b) = call(
+        &base,
+        Method::GET,
+        "/subjects",
+        None,
+        Some(("ops", "ops-pass")),
+    )
+    .await;
     assert_eq!(b, json!([]), "nothing was registered");
     reg.shutdown().await;
 }
@@ -142,7 +239,10 @@ async fn the_codec_sends_credentials() {
     assert_eq!(back.value, value());
 
     let without = Codec::with_endpoint(&RegistryEndpoint::parse(&base, None));
-    let err = without.encode_value("u", SCHEMA, value()).await.unwrap_err();
+    let err = without
+        .encode_value("u", SCHEMA, value())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
     reg.shutdown().await;
 }
@@ -208,7 +308,14 @@ async fn python_confluent_client_with_basic_auth_user_info() {
         "the Python client failed:\n{stdout}\n{stderr}"
     );
     // What the client registered is there for an authenticated reader.
-    let (s, b) = call(&base, Method::GET, "/subjects", None, Some(("reader", "reader-pass"))).await;
+    let (s, b) = call(
+        &base,
+        Method::GET,
+        "/subjects",
+        None,
+        Some(("reader", "reader-pass")),
+    )
+    .await;
     assert_eq!((s, b), (StatusCode::OK, json!(["py-value"])));
     reg.shutdown().await;
 }

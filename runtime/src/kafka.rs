@@ -87,9 +87,7 @@ fn property_name(suffix: &str) -> String {
 
 /// The librdkafka properties named by `vars` (`TRIBUTARY_KAFKA_<PROPERTY>=value`), sorted.
 /// Empty values are skipped, so `TRIBUTARY_KAFKA_X=` unsets nothing and sets nothing.
-pub fn properties_from(
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> Vec<(String, String)> {
+pub fn properties_from(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
     let mut props: Vec<(String, String)> = vars
         .into_iter()
         .filter(|(k, v)| !v.is_empty() && !NOT_PROPERTIES.contains(&k.as_str()))
@@ -105,7 +103,10 @@ pub fn properties_from(
 
 /// The librdkafka properties of this process's environment.
 pub fn properties_from_env() -> Vec<(String, String)> {
-    properties_from(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
+    properties_from(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )
 }
 
 /// A client configuration pointing at `brokers`, with the settings every client here shares and
@@ -229,7 +230,11 @@ mod tests {
         let props = vars(&[("security.protocol", "ssl"), ("socket.timeout.ms", "3000")]);
         let cfg = client_config_with("h1:9092,h2:9092", &props);
         assert_eq!(cfg.get("security.protocol"), Some("ssl"));
-        assert_eq!(cfg.get("socket.timeout.ms"), Some("3000"), "the environment wins over defaults");
+        assert_eq!(
+            cfg.get("socket.timeout.ms"),
+            Some("3000"),
+            "the environment wins over defaults"
+        );
         assert_eq!(cfg.get("bootstrap.servers"), Some("h1:9092,h2:9092"));
     }
 }

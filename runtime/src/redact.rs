@@ -22,7 +22,11 @@ fn secret_option(name: &str) -> bool {
 
 /// Characters that end a URL's authority in running text.
 fn ends_authority(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>' | ')' | ']')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>' | ')' | ']'
+        )
 }
 
 /// Masks the password of every `scheme://user:password@host` in `s`, and the value of every
@@ -76,7 +80,9 @@ fn mask_options(s: &str) -> Cow<'_, str> {
         out.push('=');
         let tail = &tail[1..];
         let value_end = tail
-            .find(|c: char| c == '&' || c == ';' || c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .find(|c: char| {
+                c == '&' || c == ';' || c.is_whitespace() || matches!(c, '"' | '\'' | '`')
+            })
             .unwrap_or(tail.len());
         if secret_option(&head[name_start..]) && value_end > 0 {
             out.push_str(MASK);
@@ -118,13 +124,31 @@ mod tests {
     #[test]
     fn passwords_are_masked_users_and_hosts_kept() {
         let cases = [
-            ("postgres://app:s3cret@db:5432/shop?sslmode=require", "postgres://app:***@db:5432/shop?sslmode=require"),
-            ("rediss://:s3cret@cache:6380/0", "rediss://:***@cache:6380/0"),
+            (
+                "postgres://app:s3cret@db:5432/shop?sslmode=require",
+                "postgres://app:***@db:5432/shop?sslmode=require",
+            ),
+            (
+                "rediss://:s3cret@cache:6380/0",
+                "rediss://:***@cache:6380/0",
+            ),
             ("redis://default:s3cret@cache", "redis://default:***@cache"),
-            ("mongodb://u:s3cret@h1:27017,h2:27017/db?replicaSet=rs", "mongodb://u:***@h1:27017,h2:27017/db?replicaSet=rs"),
-            ("https://elastic:p%40ss@es:9200", "https://elastic:***@es:9200"),
-            ("postgres://root@127.0.0.1:5432/tributary", "postgres://root@127.0.0.1:5432/tributary"),
-            ("postgres://app@db/shop?password=s3cret&sslmode=require", "postgres://app@db/shop?password=***&sslmode=require"),
+            (
+                "mongodb://u:s3cret@h1:27017,h2:27017/db?replicaSet=rs",
+                "mongodb://u:***@h1:27017,h2:27017/db?replicaSet=rs",
+            ),
+            (
+                "https://elastic:p%40ss@es:9200",
+                "https://elastic:***@es:9200",
+            ),
+            (
+                "postgres://root@127.0.0.1:5432/tributary",
+                "postgres://root@127.0.0.1:5432/tributary",
+            ),
+            (
+                "postgres://app@db/shop?password=s3cret&sslmode=require",
+                "postgres://app@db/shop?password=***&sslmode=require",
+            ),
             ("http://127.0.0.1:8081", "http://127.0.0.1:8081"),
         ];
         for (given, want) in cases {
@@ -150,6 +174,9 @@ mod tests {
         use std::io::Write;
         let mut w = Writer(Vec::new());
         w.write_all(b"url=postgres://a:b@c/d\n").unwrap();
-        assert_eq!(String::from_utf8(w.0).unwrap(), "url=postgres://a:***@c/d\n");
+        assert_eq!(
+            String::from_utf8(w.0).unwrap(),
+            "url=postgres://a:***@c/d\n"
+        );
     }
 }

@@ -101,7 +101,11 @@ mod tests {
         );
 
         let e = RegistryEndpoint::parse("http://u:p@h/x", Some("other:one"));
-        assert_eq!(e.credentials, Some(("u".into(), "p".into())), "the URL wins");
+        assert_eq!(
+            e.credentials,
+            Some(("u".into(), "p".into())),
+            "the URL wins"
+        );
         assert_eq!(e.url, "http://h/x");
 
         let e = RegistryEndpoint::parse("http://h:8081", Some(""));

@@ -165,8 +165,8 @@ impl Authenticator {
 
     /// Accept RS256 tokens verified with the PEM public key `pem`.
     pub fn with_rs256_public_key(mut self, pem: &[u8]) -> Result<Self, AuthConfigError> {
-        let key =
-            DecodingKey::from_rsa_pem(pem).map_err(|e| AuthConfigError::PublicKey(e.to_string()))?;
+        let key = DecodingKey::from_rsa_pem(pem)
+            .map_err(|e| AuthConfigError::PublicKey(e.to_string()))?;
         self.rs256 = Some(key);
         Ok(self)
     }
@@ -190,7 +190,10 @@ impl Authenticator {
             if line.is_empty() {
                 continue;
             }
-            let bad = |reason: String| AuthConfigError::KeyLine { line: n + 1, reason };
+            let bad = |reason: String| AuthConfigError::KeyLine {
+                line: n + 1,
+                reason,
+            };
             let mut fields = line.split_whitespace();
             let (Some(principal), Some(key)) = (fields.next(), fields.next()) else {
                 return Err(bad("expected `<principal> <key> [role,role]`".into()));
@@ -370,8 +373,13 @@ mod tests {
         );
         let err = auth.authenticate(&bearer(&hs384)).unwrap_err();
         assert!(err.to_string().contains("HS384"), "{err}");
-        assert_eq!(auth.authenticate(&HeaderMap::new()), Err(AuthError::Missing));
-        assert!(Authenticator::default().with_hs256_secret(b"short").is_err());
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new()),
+            Err(AuthError::Missing)
+        );
+        assert!(Authenticator::default()
+            .with_hs256_secret(b"short")
+            .is_err());
     }
 
     #[test]
@@ -405,10 +413,16 @@ mod tests {
                     shop k-shopshopshopshopshopshop\n";
         let auth = Authenticator::default().with_api_keys(text).unwrap();
         let mut h = HeaderMap::new();
-        h.insert(API_KEY_HEADER, HeaderValue::from_static("k-abcdefabcdefabcdefabcdef"));
+        h.insert(
+            API_KEY_HEADER,
+            HeaderValue::from_static("k-abcdefabcdefabcdefabcdef"),
+        );
         let p = auth.authenticate(&h).unwrap();
         assert_eq!((p.id.as_str(), p.admin, p.internal), ("ops", true, true));
-        h.insert(API_KEY_HEADER, HeaderValue::from_static("k-shopshopshopshopshopshop"));
+        h.insert(
+            API_KEY_HEADER,
+            HeaderValue::from_static("k-shopshopshopshopshopshop"),
+        );
         let p = auth.authenticate(&h).unwrap();
         assert!(!p.admin && !p.internal);
         h.insert(API_KEY_HEADER, HeaderValue::from_static("k-nope"));

@@ -114,7 +114,10 @@ impl RateLimit {
 
 enum RateError {
     /// `first`: this is the window's first refusal, the one recorded on the log.
-    Limited { retry_after: u64, first: bool },
+    Limited {
+        retry_after: u64,
+        first: bool,
+    },
     Unavailable(String),
 }
 
@@ -518,7 +521,7 @@ async fn get_order(
                     || f.get("user_id").is_some_and(|u| *u == principal.id)) =>
         {
             error(
-            StatusCode::NOT_FOUND,
+                StatusCode::NOT_FOUND,
                 format!("order `{id}` not found"),
                 &id,
             )

@@ -88,7 +88,10 @@ mod tests {
     fn the_saga_steps_are_internal_and_the_lists_name_real_commands() {
         let all = branches();
         for name in PUBLIC.iter().chain(ADMIN.iter()) {
-            assert!(all.iter().any(|b| b == name), "`{name}` is no command branch");
+            assert!(
+                all.iter().any(|b| b == name),
+                "`{name}` is no command branch"
+            );
         }
         let internal: Vec<&str> = all
             .iter()

@@ -1,8 +1,8 @@
 //! Applies batches of changes to Redis: one pipeline per batch, one compare-and-set script call
 //! per entity.
 
-use tributary_runtime::redact;
 use std::time::Duration;
+use tributary_runtime::redact;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{ErrorKind, RedisError, Script};
