@@ -44,13 +44,64 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
 fn throwaway_ca(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-        "-out", "ca.pem", "-days", "1", "-subj", "/CN=tributary-test-ca"]);
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
-        "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tributary-test-ca",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
 }
 
 /// The broker process; killed when dropped.
@@ -76,9 +127,20 @@ fn start_tls_broker(dir: &Path, port: u16) -> Broker {
     let log = std::fs::File::create(dir.join("nisshi.log")).unwrap();
     let child = Command::new(nisshi())
         .current_dir(dir)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         // sqlite:// paths are relative to the working directory, the test's temporary one.
-        .args(["--storage-engine", "sqlite://log.db", "--group-initial-rebalance-delay", "0s"])
+        .args([
+            "--storage-engine",
+            "sqlite://log.db",
+            "--group-initial-rebalance-delay",
+            "0s",
+        ])
         .arg("--cert")
         .arg(dir.join("server.pem"))
         .arg("--key")
@@ -101,7 +163,10 @@ fn start_tls_broker(dir: &Path, port: u16) -> Broker {
 }
 
 fn props(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,11 +177,21 @@ async fn kafka_clients_over_tls_with_properties_from_the_environment() {
     let _broker = start_tls_broker(dir.path(), port);
     let brokers = format!("127.0.0.1:{port}");
     let ca = dir.path().join("ca.pem").display().to_string();
-    let tls = props(&[("security.protocol", "ssl".into()), ("ssl.ca.location", ca.clone())]);
+    let tls = props(&[
+        ("security.protocol", "ssl".into()),
+        ("ssl.ca.location", ca.clone()),
+    ]);
 
     // A process configured only through the environment creates the pipeline's topics.
     let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["topics", "create", "--brokers", &brokers, "--topic-prefix", "tls."])
+        .args([
+            "topics",
+            "create",
+            "--brokers",
+            &brokers,
+            "--topic-prefix",
+            "tls.",
+        ])
         .env("TRIBUTARY_KAFKA_SECURITY_PROTOCOL", "SSL")
         .env("TRIBUTARY_KAFKA_SSL_CA_LOCATION", &ca)
         .output()
@@ -152,7 +227,8 @@ async fn kafka_clients_over_tls_with_properties_from_the_environment() {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let payload = loop {
@@ -165,18 +241,28 @@ async fn kafka_clients_over_tls_with_properties_from_the_environment() {
 
     // The listener takes TLS only, and only from a client that trusts its CA: plaintext and
     // an unknown CA both fail.
-    let plain: BaseConsumer = client_config_with(&brokers, &props(&[("socket.timeout.ms", "3000".into())]))
-        .create()
-        .unwrap();
-    assert!(plain.fetch_metadata(None, Duration::from_secs(5)).is_err(), "plaintext was served");
+    let plain: BaseConsumer =
+        client_config_with(&brokers, &props(&[("socket.timeout.ms", "3000".into())]))
+            .create()
+            .unwrap();
+    assert!(
+        plain.fetch_metadata(None, Duration::from_secs(5)).is_err(),
+        "plaintext was served"
+    );
     let other = tempfile::tempdir().unwrap();
     throwaway_ca(other.path());
     let untrusted = props(&[
         ("security.protocol", "ssl".into()),
-        ("ssl.ca.location", other.path().join("ca.pem").display().to_string()),
+        (
+            "ssl.ca.location",
+            other.path().join("ca.pem").display().to_string(),
+        ),
     ]);
     let wrong: BaseConsumer = client_config_with(&brokers, &untrusted).create().unwrap();
-    assert!(wrong.fetch_metadata(None, Duration::from_secs(5)).is_err(), "an unknown CA was trusted");
+    assert!(
+        wrong.fetch_metadata(None, Duration::from_secs(5)).is_err(),
+        "an unknown CA was trusted"
+    );
 }
 
 /// The librdkafka built here takes SASL PLAIN and SCRAM over TLS: creating a client refuses
@@ -198,5 +284,8 @@ fn sasl_plain_and_scram_over_tls_are_built_in() {
         ("sasl.mechanisms", "GSSAPI".into()),
     ]);
     let created: Result<BaseConsumer, _> = client_config_with("127.0.0.1:1", &gssapi).create();
-    assert!(created.is_err(), "GSSAPI needs rdkafka's gssapi feature, not enabled");
+    assert!(
+        created.is_err(),
+        "GSSAPI needs rdkafka's gssapi feature, not enabled"
+    );
 }
