@@ -382,6 +382,66 @@ mod tests {
             .is_err());
     }
 
+    /// An RSA key pair made with the openssl CLI: (private PKCS#8 PEM, public SPKI PEM).
+    fn rsa_pair() -> (Vec<u8>, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("tributary-rs256-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .current_dir(&dir)
+                .args(args)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "k.pem",
+        ]);
+        run(&["pkey", "-in", "k.pem", "-pubout", "-out", "pub.pem"]);
+        let pair = (
+            std::fs::read(dir.join("k.pem")).unwrap(),
+            std::fs::read(dir.join("pub.pem")).unwrap(),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        pair
+    }
+
+    #[test]
+    fn rs256_tokens_verify_with_the_public_key_and_alg_cannot_be_switched() {
+        let (private, public) = rsa_pair();
+        let auth = Authenticator::default()
+            .with_rs256_public_key(&public)
+            .unwrap();
+        let key = EncodingKey::from_rsa_pem(&private).unwrap();
+        let t = token(
+            serde_json::json!({"sub": "u-rs", "exp": exp(), "roles": ["internal"]}),
+            Algorithm::RS256,
+            &key,
+        );
+        let p = auth.authenticate(&bearer(&t)).unwrap();
+        assert_eq!((p.id.as_str(), p.internal), ("u-rs", true));
+        // The classic confusion: HS256 "signed" with the public key as the shared secret.
+        let forged = token(
+            serde_json::json!({"sub": "u-rs", "exp": exp(), "roles": ["internal"]}),
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&public),
+        );
+        assert!(auth.authenticate(&bearer(&forged)).is_err());
+        assert!(Authenticator::default()
+            .with_rs256_public_key(b"not a key")
+            .is_err());
+    }
+
     #[test]
     fn issuer_and_audience_are_checked_when_configured() {
         let auth = Authenticator::default()
