@@ -2,9 +2,10 @@
 #
 #   docker build -t tributary:local .
 #
-# Stage 1 builds with cargo. rdkafka's default features build librdkafka from its bundled sources
-# (./configure && make, about 5 minutes) and link it statically, so the runtime stage needs no
-# librdkafka package; the clients of PostgreSQL, MongoDB, Redis, Elasticsearch and the registry
+# Stage 1 builds with cargo. rdkafka builds librdkafka from its bundled sources (./configure &&
+# make, about 5 minutes) with SSL (rdkafka's `ssl` feature: TLS and SASL PLAIN/SCRAM, against the
+# system OpenSSL, hence libssl-dev here and libssl3 below) and links it statically, so the runtime
+# stage needs no librdkafka package; the clients of PostgreSQL, MongoDB, Redis, Elasticsearch and the registry
 # are pure Rust over rustls (whose aws-lc-sys may call cmake, hence cmake). Stage 2 is a slim
 # Debian with the binary, the Avro schemas (for `tributary schemas register`) and curl for the
 # healthchecks on /health.
@@ -12,7 +13,7 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential cmake pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends build-essential cmake pkg-config zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -24,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates curl zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/tributary --create-home tributary \
  && mkdir -p /var/lib/tributary/state \

@@ -69,7 +69,8 @@ async fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rdkafka=warn,apache_avro=error".into()),
         )
-        .with_writer(std::io::stderr)
+        // Every log line has its URLs' passwords masked, whatever logged them.
+        .with_writer(|| tributary_runtime::redact::Writer(std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -90,7 +91,8 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("error: {}", tributary_runtime::redact::text(&message));
             std::process::ExitCode::from(2)
         }
     }

@@ -2,16 +2,19 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
+use tributary_producers::gateway::auth::Authenticator;
 use tributary_producers::gateway::{GatewayConfig, RateLimit};
 use tributary_producers::loadgen::Workload;
 use tributary_producers::{Command, CommandSender};
 use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL, SCHEMA_REGISTRY_URL};
+use tributary_runtime::redact;
 use tributary_schemas::Codec;
 
 #[derive(ClapArgs, Clone)]
@@ -72,16 +75,50 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Callers authenticate with a bearer JWT (`Authorization: Bearer <jwt>`: `sub` is the user id,
+/// a `roles` claim may hold `admin` or `internal`; `exp` is required) or an API key
+/// (`X-API-Key: <key>`). At least one of --jwt-secret-file, --jwt-public-key-file and
+/// --api-keys-file is required. Anyone authenticated may send PlaceOrder, CancelOrder and the
+/// user/profile/preferences/session commands for themselves (the body's `user_id` is
+/// overwritten with theirs); `admin` adds the catalogue commands and every order's status;
+/// only `internal` may send the saga's steps (stock reservations, payments). See
+/// producers/README.md.
 #[derive(ClapArgs)]
 pub struct GatewayArgs {
     #[command(flatten)]
     conn: Conn,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// File holding the HS256 secret of bearer JWTs (at least 32 bytes; a trailing newline is
+    /// ignored).
+    #[arg(long, env = "TRIBUTARY_GATEWAY_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<String>,
+    /// PEM file with the RSA public key that verifies RS256 bearer JWTs.
+    #[arg(long, env = "TRIBUTARY_GATEWAY_JWT_PUBLIC_KEY_FILE")]
+    jwt_public_key_file: Option<String>,
+    /// Required `iss` of bearer JWTs.
+    #[arg(long, env = "TRIBUTARY_GATEWAY_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of bearer JWTs.
+    #[arg(long, env = "TRIBUTARY_GATEWAY_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// File of API keys, one `<principal> <key> [role,role]` per line (keys of 24 characters
+    /// or more; `#` comments).
+    #[arg(long, env = "TRIBUTARY_GATEWAY_API_KEYS_FILE")]
+    api_keys_file: Option<String>,
+    /// Longest a request may take, the broker's acknowledgement included; then 503.
+    #[arg(long, default_value_t = 10)]
+    request_timeout_secs: u64,
+    /// Requests in progress at once; more are answered 503 at once.
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Failed authentications per client IP per minute; more are answered 429.
+    #[arg(long, default_value_t = 30)]
+    auth_failures_per_ip: u32,
     /// Redis holding rate-limit counters and the order-status view.
     #[arg(long, env = "TRIBUTARY_REDIS_URL", default_value = REDIS_URL.default)]
     redis: String,
-    /// Commands per user per window; 0 disables the limit.
+    /// Commands per principal per window; 0 disables the limit.
     #[arg(long, default_value_t = 20)]
     rate_limit: u64,
     /// Rate-limit window in seconds.
@@ -96,13 +133,25 @@ pub struct GatewayArgs {
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let auth = Authenticator::from_files(
+        args.jwt_secret_file.as_deref(),
+        args.jwt_public_key_file.as_deref(),
+        args.api_keys_file.as_deref(),
+    )
+    .context("loading the gateway's credentials")?
+    .with_issuer(args.jwt_issuer.clone())
+    .with_audience(args.jwt_audience.clone());
     let client = redis::Client::open(args.redis.as_str())
-        .with_context(|| format!("redis URL {}", args.redis))?;
+        .with_context(|| format!("redis URL {}", redact::url(&args.redis)))?;
     let redis = redis::aio::ConnectionManager::new(client)
         .await
-        .with_context(|| format!("connecting to redis at {}", args.redis))?;
+        .with_context(|| format!("connecting to redis at {}", redact::url(&args.redis)))?;
+    let mut config = GatewayConfig::new(args.listen, auth);
+    config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    config.max_in_flight = args.max_in_flight.max(1);
+    config.auth_failures_per_ip_per_minute =
+        NonZeroU32::new(args.auth_failures_per_ip).unwrap_or(NonZeroU32::MIN);
     let config = GatewayConfig {
-        listen: args.listen,
         max_body_bytes: args.max_body_bytes,
         rate_limit: (args.rate_limit > 0).then(|| RateLimit {
             redis: redis.clone(),
@@ -111,7 +160,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             prefix: format!("{}ratelimit:", args.key_prefix),
         }),
         order_view: Some((redis, args.key_prefix.clone())),
-        metrics: prometheus::Registry::new(),
+        ..config
     };
     tributary_producers::gateway::serve(args.conn.sender()?, config, crate::shutdown_signal())
         .await

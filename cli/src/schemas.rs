@@ -10,15 +10,17 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
-use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::async_impl::schema_registry::post_schema;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde_json::{json, Value};
 use tributary_runtime::config::SCHEMA_REGISTRY_URL;
 use tributary_schemas::codec::value_subject;
+use tributary_schemas::RegistryEndpoint;
 
 #[derive(ClapArgs)]
 pub struct Common {
-    /// Schema registry URL.
+    /// Schema registry URL; credentials as its userinfo (`https://user:pass@host`) or in
+    /// TRIBUTARY_SCHEMA_REGISTRY_AUTH=user:password.
     #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
     registry: String,
     /// Folder of `<topic>.avsc` files.
@@ -76,7 +78,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn register(c: &Common) -> anyhow::Result<ExitCode> {
-    let settings = SrSettings::new(c.registry.trim_end_matches('/').to_string());
+    let endpoint = RegistryEndpoint::from_env(&c.registry);
+    let settings = endpoint.settings();
     for local in load(&c.dir)? {
         let subject = value_subject(&local.topic);
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, local.text.clone());
@@ -87,7 +90,7 @@ async fn register(c: &Common) -> anyhow::Result<ExitCode> {
                 format!(
                     "registering {} as `{subject}` at {}",
                     local.path.display(),
-                    c.registry
+                    endpoint.url
                 )
             })?;
         println!("{subject:<36} id {}", registered.id);
@@ -97,13 +100,17 @@ async fn register(c: &Common) -> anyhow::Result<ExitCode> {
 
 async fn check(c: &Common) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::new();
-    let base = c.registry.trim_end_matches('/');
+    let endpoint = RegistryEndpoint::from_env(&c.registry);
+    let base = endpoint.url.as_str();
     let mut failures = 0;
     for local in load(&c.dir)? {
         let subject = value_subject(&local.topic);
         let url = format!("{base}/compatibility/subjects/{subject}/versions?verbose=true");
-        let resp = http
-            .post(&url)
+        let mut request = http.post(&url);
+        if let Some((user, password)) = &endpoint.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let resp = request
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
             .json(&json!({ "schema": local.text }))
             .send()

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tributary_runtime::redact;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, ValueEnum};
@@ -118,7 +119,10 @@ async fn connect(args: &Args) -> anyhow::Result<Connected> {
             let writer = pg::PostgresWriter::connect(&config)
                 .await
                 .with_context(|| {
-                    format!("connecting to and migrating PostgreSQL at {}", config.url)
+                    format!(
+                        "connecting to and migrating PostgreSQL at {}",
+                        redact::url(&config.url)
+                    )
                 })?;
             let sampler = Sampler::Postgres(writer.pool().clone());
             (Arc::new(pg::PostgresProjection), Arc::new(writer), sampler)
@@ -127,7 +131,7 @@ async fn connect(args: &Args) -> anyhow::Result<Connected> {
             let u = url(&MONGODB_URL);
             let writer = mongo::MongoWriter::connect(&u, &args.mongodb_database)
                 .await
-                .with_context(|| format!("connecting to MongoDB at {u}"))?;
+                .with_context(|| format!("connecting to MongoDB at {}", redact::url(&u)))?;
             mongo::migrate(writer.database())
                 .await
                 .with_context(|| format!("migrating MongoDB database {}", args.mongodb_database))?;
@@ -147,7 +151,7 @@ async fn connect(args: &Args) -> anyhow::Result<Connected> {
             let prefix = format!("{}:", config.prefix);
             let writer = rd::RedisWriter::connect(config)
                 .await
-                .with_context(|| format!("connecting to Redis at {u}"))?;
+                .with_context(|| format!("connecting to Redis at {}", redact::url(&u)))?;
             let sampler = Sampler::Redis(writer.connection(), prefix);
             (
                 Arc::new(rd::RedisProjection::default()),

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tributary_runtime::config::{
     DATABASE_URL, ELASTICSEARCH_URL, KAFKA_BROKERS, MONGODB_URL, REDIS_URL, SCHEMA_REGISTRY_URL,
 };
+use tributary_runtime::redact;
 use tributary_sinks::reconcile::Progress;
 use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
 
@@ -87,9 +88,12 @@ impl StoreArgs {
     /// The PostgreSQL writer, its migrations applied.
     pub async fn postgres(&self) -> anyhow::Result<pg::PostgresWriter> {
         let config = self.postgres_config();
-        pg::PostgresWriter::connect(&config)
-            .await
-            .with_context(|| format!("connecting to and migrating PostgreSQL at {}", config.url))
+        pg::PostgresWriter::connect(&config).await.with_context(|| {
+            format!(
+                "connecting to and migrating PostgreSQL at {}",
+                redact::url(&config.url)
+            )
+        })
     }
 
     /// The MongoDB writer, its migrations applied.
@@ -97,7 +101,7 @@ impl StoreArgs {
         let u = &self.mongodb_url;
         let writer = mongo::MongoWriter::connect(u, &self.mongodb_database)
             .await
-            .with_context(|| format!("connecting to MongoDB at {u}"))?;
+            .with_context(|| format!("connecting to MongoDB at {}", redact::url(u)))?;
         mongo::migrate(writer.database())
             .await
             .with_context(|| format!("migrating MongoDB database {}", self.mongodb_database))?;
@@ -115,27 +119,32 @@ impl StoreArgs {
     pub async fn redis(&self) -> anyhow::Result<rd::RedisWriter> {
         rd::RedisWriter::connect(self.redis_config())
             .await
-            .with_context(|| format!("connecting to Redis at {}", self.redis_url))
+            .with_context(|| format!("connecting to Redis at {}", redact::url(&self.redis_url)))
     }
 
     /// The Elasticsearch writer, its index templates and aliases in place.
     pub async fn elasticsearch(&self) -> anyhow::Result<es::EsWriter> {
         let u = &self.elasticsearch_url;
         let writer = es::EsWriter::connect(u, self.index_prefix.clone())
-            .with_context(|| format!("connecting to Elasticsearch at {u}"))?;
+            .with_context(|| format!("connecting to Elasticsearch at {}", redact::url(u)))?;
         es::migrate(writer.client(), &self.index_prefix)
             .await
-            .with_context(|| format!("creating the indices at {u}"))?;
+            .with_context(|| format!("creating the indices at {}", redact::url(u)))?;
         Ok(writer)
     }
 
     /// The connection that holds the per-store lock.
     pub async fn lock_connection(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
         let client = redis::Client::open(self.redis_url.as_str())
-            .with_context(|| format!("invalid Redis url {}", self.redis_url))?;
+            .with_context(|| format!("invalid Redis url {}", redact::url(&self.redis_url)))?;
         redis::aio::ConnectionManager::new(client)
             .await
-            .with_context(|| format!("connecting to Redis at {} for the lock", self.redis_url))
+            .with_context(|| {
+                format!(
+                    "connecting to Redis at {} for the lock",
+                    redact::url(&self.redis_url)
+                )
+            })
     }
 }
 

@@ -1,11 +1,15 @@
 //! The HTTP command gateway against the real broker, registry and Redis.
 
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use tributary_producers::gateway::auth::Authenticator;
 use tributary_producers::gateway::{self, GatewayConfig, RateLimit};
 use tributary_producers::CommandSender;
 use tributary_registry::{Compatibility, RegistryConfig};
@@ -13,7 +17,7 @@ use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL};
 use tributary_runtime::kafka::{
     client_config, close_consumer, ensure_topic, unique_name, TopicSpec,
 };
-use tributary_schemas::domain::{OrderCommand, RejectionEvent, RejectionReason};
+use tributary_schemas::domain::{OrderCommand, PaymentCommand, RejectionEvent, RejectionReason};
 use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
 
@@ -33,6 +37,50 @@ impl WithStdin for std::process::Command {
         child.stdin.take().unwrap().write_all(input).unwrap();
         child.wait_with_output().unwrap()
     }
+}
+
+const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes!";
+const INTERNAL_KEY: &str = "svc-key-0123456789abcdef01";
+const ADMIN_KEY: &str = "ops-key-0123456789abcdef01";
+
+/// An HS256 token for `user` with `roles`, valid for ten minutes.
+fn token(user: &str, roles: &[&str]) -> String {
+    let claims = json!({"sub": user, "roles": roles,
+        "exp": jsonwebtoken::get_current_timestamp() + 600});
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+fn authenticator() -> Authenticator {
+    Authenticator::default()
+        .with_hs256_secret(SECRET)
+        .unwrap()
+        .with_api_keys(&format!(
+            "saga-svc {INTERNAL_KEY} internal\nops {ADMIN_KEY} admin\n"
+        ))
+        .unwrap()
+}
+
+/// The sum of the high watermarks of `topic`'s partitions: what was ever written to it.
+fn end_offset(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = client_config(brokers).create().unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0, "{topic} has partitions");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
 }
 
 fn place_order(order: &str, user: &str) -> Value {
@@ -61,6 +109,21 @@ fn record_at(brokers: &str, topic: &str, partition: i32, offset: i64) -> (String
         }
     }
     panic!("no record at {topic}/{partition}@{offset}");
+}
+
+/// A gateway serving `config` on a free port, with the peer address known to its handlers.
+async fn serve(sender: Arc<CommandSender>, config: GatewayConfig) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = gateway::router(sender, config).unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,7 +161,6 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
     let key_prefix = format!("{}:", unique_name("tributary-test"));
     let sender = Arc::new(CommandSender::new(&brokers, codec.clone(), &prefix).unwrap());
     let config = GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
         max_body_bytes: 2048,
         rate_limit: Some(RateLimit {
             redis: conn.clone(),
@@ -108,24 +170,50 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
             prefix: format!("{key_prefix}ratelimit:"),
         }),
         order_view: Some((conn.clone(), key_prefix.clone())),
-        metrics: prometheus::Registry::new(),
+        ..GatewayConfig::new("127.0.0.1:0".parse().unwrap(), authenticator())
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = gateway::router(sender, config).unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(sender, config).await;
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{addr}{path}");
+    let (u1, u2) = (token("u-1", &[]), token("u-2", &[]));
 
-    // Accepted: 202 once the broker has the record, which decodes to the command sent.
+    // Anonymous, or with a token that does not verify: 401, and nothing is written.
     let resp = http
         .post(url("/commands/commands.orders"))
-        .json(&place_order("o-1", "u-1"))
+        .json(&place_order("o-0", "u-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().contains_key("www-authenticate"));
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "u-1", "exp": jsonwebtoken::get_current_timestamp() + 600}),
+        &EncodingKey::from_secret(b"not the gateway's secret, 32 bytes"),
+    )
+    .unwrap();
+    let resp = http
+        .post(url("/commands/commands.orders"))
+        .bearer_auth(&forged)
+        .json(&place_order("o-0", "u-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(end_offset(&brokers, &orders_topic), 0);
+
+    // Accepted: 202 once the broker has the record, which decodes to the command sent, with
+    // the token's user even though the body names another.
+    let resp = http
+        .post(url("/commands/commands.orders"))
+        .bearer_auth(&u1)
+        .json(&place_order("o-1", "u-someone-else"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
     let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["user_id"], "u-1", "{body}");
     let (partition, offset) = (
         body["partition"].as_i64().unwrap() as i32,
         body["offset"].as_i64().unwrap(),
@@ -145,24 +233,23 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
     assert_eq!(order.user_id, "u-1");
     assert_eq!(order.lines[0].quantity, 2);
 
-    // Refused input names what is wrong.
-    let bad =
-        json!({"payload": {"PlaceOrder": {"order_id": "o-2", "currency": "EUR", "lines": []}}});
+    // Refused input names what is wrong (the body lacks the order's lines, not its user,
+    // which the token supplies).
+    let bad = json!({"payload": {"PlaceOrder": {"order_id": "o-2", "user_id": "u-1", "currency": "EUR"}}});
     let resp = http
         .post(url("/commands/commands.orders"))
+        .bearer_auth(&u1)
         .json(&bad)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("user_id"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("lines"), "{body}");
 
     let resp = http
         .post(url("/commands/commands.nope"))
+        .bearer_auth(&u1)
         .json(&place_order("o-3", "u-1"))
         .send()
         .await
@@ -172,15 +259,18 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
     let huge = json!({"payload": {"CancelOrder": {"order_id": "o-4", "user_id": "u-1", "note": "x".repeat(4096)}}});
     let resp = http
         .post(url("/commands/commands.orders"))
+        .bearer_auth(&u1)
         .json(&huge)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
 
-    // Rate limit: u-1 has used one of two; the second passes, the third is refused; u-2 is unaffected.
+    // Rate limit per principal: u-1 has used one of two; the second passes, the third is
+    // refused, whatever user the bodies name; u-2 is unaffected.
     let resp = http
         .post(url("/commands/commands.orders"))
+        .bearer_auth(&u1)
         .json(&place_order("o-5", "u-1"))
         .send()
         .await
@@ -188,7 +278,8 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
     assert_eq!(resp.status(), 202);
     let resp = http
         .post(url("/commands/commands.orders"))
-        .json(&place_order("o-6", "u-1"))
+        .bearer_auth(&u1)
+        .json(&place_order("o-6", "u-2"))
         .send()
         .await
         .unwrap();
@@ -203,32 +294,79 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
     assert_eq!(r.command_type, "PlaceOrder");
     assert_eq!(r.command_topic, orders_topic);
     assert!(r.message.contains("`u-1`"), "{}", r.message);
+    // A second refusal in the window is answered but not written again.
     let resp = http
         .post(url("/commands/commands.orders"))
+        .bearer_auth(&u1)
+        .json(&place_order("o-6b", "u-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(end_offset(&brokers, &rejections_topic), 1);
+    let resp = http
+        .post(url("/commands/commands.orders"))
+        .bearer_auth(&u2)
         .json(&place_order("o-7", "u-2"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
 
-    // Order status from the Redis view.
+    // Order status from the Redis view: the owner and an admin see it; another user gets the
+    // same 404 as for an order that does not exist; without credentials, 401.
     let mut c = conn.clone();
     let view_key = format!("{key_prefix}order:o-7");
     let _: () = redis::cmd("HSET")
         .arg(&view_key)
         .arg("status")
         .arg("CONFIRMED")
+        .arg("user_id")
+        .arg("u-2")
         .arg("version")
         .arg(4)
         .query_async(&mut c)
         .await
         .unwrap();
-    let resp = http.get(url("/orders/o-7")).send().await.unwrap();
+    let resp = http
+        .get(url("/orders/o-7"))
+        .bearer_auth(&u2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["view"]["status"], "CONFIRMED");
-    let resp = http.get(url("/orders/o-404")).send().await.unwrap();
+    let resp = http
+        .get(url("/orders/o-7"))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = http
+        .get(url("/orders/o-7"))
+        .bearer_auth(&u1)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
+    let not_found: Value = resp.json().await.unwrap();
+    let resp = http
+        .get(url("/orders/o-404"))
+        .bearer_auth(&u1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        not_found["error"].as_str().unwrap().replace("o-7", "X"),
+        body["error"].as_str().unwrap().replace("o-404", "X"),
+        "another's order and a missing one are told apart"
+    );
+    let resp = http.get(url("/orders/o-7")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
 
     // Metrics count every outcome; the exposition passes promtool's lint.
     let text = http
@@ -249,9 +387,10 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
     assert_eq!(series(r#"command="PlaceOrder",outcome="accepted""#), 3.0);
     assert_eq!(
         series(r#"command="PlaceOrder",outcome="rate_limited""#),
-        1.0
+        2.0
     );
     assert_eq!(series(r#"command="unknown",outcome="invalid""#), 2.0);
+    assert_eq!(series(r#"command="unknown",outcome="unauthorized""#), 2.0);
     assert!(text.contains("tributary_gateway_request_duration_seconds_bucket"));
     let lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -278,6 +417,251 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
             .await
             .unwrap();
     }
-    server.abort();
+    reg.shutdown().await;
+}
+
+/// The saga's internal commands from any caller without `internal`, and the catalogue from a
+/// plain user, get 403 and leave their topics untouched; the internal service and the admin
+/// are let through, which shows the 403s come from the policy and not from a broken path.
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_and_catalogue_commands_need_their_role() {
+    let brokers = KAFKA_BROKERS.get();
+    let reg = tributary_registry::start_in_memory(
+        "127.0.0.1:0".parse().unwrap(),
+        Compatibility::Backward,
+    )
+    .await
+    .unwrap();
+    let codec = Arc::new(Codec::new(&format!("http://{}", reg.addr)));
+    let prefix = format!("{}.", unique_name("gw-policy"));
+    let spec = TopicSpec {
+        partitions: 2,
+        compacted: false,
+    };
+    let (payments, inventory) = (
+        format!("{prefix}commands.payments"),
+        format!("{prefix}commands.inventory"),
+    );
+    for t in [&payments, &inventory] {
+        ensure_topic(&brokers, t, spec).await.unwrap();
+    }
+    let sender = Arc::new(CommandSender::new(&brokers, codec.clone(), &prefix).unwrap());
+    let addr = serve(
+        sender,
+        GatewayConfig::new("127.0.0.1:0".parse().unwrap(), authenticator()),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/commands/");
+
+    let saga_steps = [
+        (
+            "commands.payments",
+            json!({"payload": {"RefundPayment": {"payment_id": "pay-o-1",
+            "order_id": "o-1", "amount_cents": 1000, "currency": "EUR", "reason": "x"}}}),
+        ),
+        (
+            "commands.payments",
+            json!({"payload": {"AuthorizePayment": {"payment_id": "pay-o-1",
+            "order_id": "o-1", "user_id": "u-1", "amount_cents": 1000, "currency": "EUR"}}}),
+        ),
+        (
+            "commands.payments",
+            json!({"payload": {"CapturePayment": {"payment_id": "pay-o-1",
+            "order_id": "o-1", "authorization_code": "a", "amount_cents": 1000, "currency": "EUR"}}}),
+        ),
+        (
+            "commands.inventory",
+            json!({"payload": {"ReleaseStock": {"order_id": "o-1",
+            "reason": "CANCELLED"}}}),
+        ),
+        (
+            "commands.inventory",
+            json!({"payload": {"CommitStock": {"order_id": "o-1",
+            "payment_id": "pay-o-1"}}}),
+        ),
+        (
+            "commands.inventory",
+            json!({"payload": {"ReserveStock": {"order_id": "o-1",
+            "items": [{"product_id": "p-1", "quantity": 1}]}}}),
+        ),
+    ];
+    let user = token("u-1", &[]);
+    let admin_token = token("boss", &["admin"]);
+    for (topic, body) in &saga_steps {
+        for (who, req) in [
+            (
+                "user",
+                http.post(format!("{url}{topic}")).bearer_auth(&user),
+            ),
+            (
+                "admin token",
+                http.post(format!("{url}{topic}")).bearer_auth(&admin_token),
+            ),
+            (
+                "admin key",
+                http.post(format!("{url}{topic}"))
+                    .header("x-api-key", ADMIN_KEY),
+            ),
+        ] {
+            let resp = req.json(body).send().await.unwrap();
+            assert_eq!(resp.status(), 403, "{who}: {body}");
+            let answer: Value = resp.json().await.unwrap();
+            assert!(
+                answer["error"].as_str().unwrap().contains("internal"),
+                "{answer}"
+            );
+        }
+    }
+    let restock = json!({"payload": {"RestockProduct": {"product_id": "p-1", "quantity": 5}}});
+    let resp = http
+        .post(format!("{url}commands.inventory"))
+        .bearer_auth(&user)
+        .json(&restock)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(end_offset(&brokers, &payments), 0, "nothing on {payments}");
+    assert_eq!(
+        end_offset(&brokers, &inventory),
+        0,
+        "nothing on {inventory}"
+    );
+
+    // The admin restocks; the internal service refunds, and the record is the refund sent.
+    let resp = http
+        .post(format!("{url}commands.inventory"))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&restock)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let resp = http
+        .post(format!("{url}commands.payments"))
+        .header("x-api-key", INTERNAL_KEY)
+        .json(&saga_steps[0].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let (p, o) = (
+        body["partition"].as_i64().unwrap() as i32,
+        body["offset"].as_i64().unwrap(),
+    );
+    let (_, bytes) = tokio::task::spawn_blocking({
+        let (b, t) = (brokers.clone(), payments.clone());
+        move || record_at(&b, &t, p, o)
+    })
+    .await
+    .unwrap();
+    let env: Envelope<PaymentCommand> = codec.decode(&bytes).await.unwrap();
+    assert!(matches!(env.payload, PaymentCommand::RefundPayment(_)));
+    assert_eq!(end_offset(&brokers, &payments), 1);
+    assert_eq!(end_offset(&brokers, &inventory), 1);
+    reg.shutdown().await;
+}
+
+/// With the broker unreachable a request ends at the timeout with 503 instead of hanging for
+/// the producer's 30 s; past the in-flight cap the answer is an immediate 503; failed
+/// authentications from one address are limited, while valid credentials still pass. No
+/// broker is needed: the gateway's producer points at a closed port.
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_in_flight_cap_and_failed_authentications_per_ip() {
+    let reg = tributary_registry::start_in_memory(
+        "127.0.0.1:0".parse().unwrap(),
+        Compatibility::Backward,
+    )
+    .await
+    .unwrap();
+    let codec = Arc::new(Codec::new(&format!("http://{}", reg.addr)));
+    // Nothing listens on port 1 of loopback.
+    let sender = Arc::new(CommandSender::new("127.0.0.1:1", codec, "gw-dead.").unwrap());
+    let config = GatewayConfig {
+        request_timeout: Duration::from_secs(2),
+        max_in_flight: 1,
+        auth_failures_per_ip_per_minute: NonZeroU32::new(3).unwrap(),
+        ..GatewayConfig::new("127.0.0.1:0".parse().unwrap(), authenticator())
+    };
+    let addr = serve(sender, config).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/commands/commands.orders");
+    let user = token("u-1", &[]);
+
+    let started = Instant::now();
+    let slow = tokio::spawn({
+        let (http, url, user) = (http.clone(), url.clone(), user.clone());
+        async move {
+            http.post(url)
+                .bearer_auth(user)
+                .json(&place_order("o-1", "u-1"))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    // While the first waits on the broker, a second is over the cap of one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = http
+        .post(&url)
+        .bearer_auth(&user)
+        .json(&place_order("o-2", "u-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("in progress"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "refused at once"
+    );
+
+    let resp = slow.await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("no answer within"),
+        "{body}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "answered at the timeout, after {waited:?}"
+    );
+
+    // Three failed authentications are answered 401, the fourth 429; a valid token is still
+    // authenticated (and then times out against the dead broker, so not a 401 or 429).
+    for i in 0..3 {
+        let resp = http
+            .post(&url)
+            .header("x-api-key", format!("guess-{i}-0123456789abcdefgh"))
+            .json(&place_order("o-3", "u-1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "guess {i}");
+    }
+    let resp = http
+        .post(&url)
+        .header("x-api-key", INTERNAL_KEY.replace('0', "1"))
+        .json(&place_order("o-3", "u-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let resp = http
+        .post(&url)
+        .bearer_auth(&user)
+        .json(&place_order("o-3", "u-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
     reg.shutdown().await;
 }

@@ -13,6 +13,7 @@ use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,6 +22,7 @@ use serde_json::{json, Value};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{Access, Denied};
 use crate::avro::{self, ParsedSchema};
 use crate::compat::Compatibility;
 use crate::error::{json_response, ApiError, CONTENT_TYPE};
@@ -32,6 +34,7 @@ use crate::store::Store;
 pub(crate) struct AppState {
     pub store: Arc<Store>,
     pub max_body_bytes: usize,
+    pub access: Arc<Access>,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -88,6 +91,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/mode", get(get_mode))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Every request, the fallbacks included, is authenticated and authorised first.
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
         // Bodies are buffered by `SchemaRequest`/`JsonBody`, which turn this limit into
         // Confluent's 413 body.
@@ -98,6 +103,27 @@ pub(crate) fn router(state: AppState) -> Router {
                 ApiError::Internal("the request handler panicked".to_string()).into_response()
             },
         ))
+}
+
+/// Answers 401, 403 or 422 (read-only) before the handler when [`Access`] says so.
+async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    match app
+        .access
+        .check(&method, uri.path(), uri.query(), req.headers())
+    {
+        Ok(()) => next.run(req).await,
+        Err(denied) => {
+            let message = denied.message(&method, uri.path());
+            tracing::info!(%method, path = uri.path(), "refused: {message}");
+            match denied {
+                Denied::Unauthenticated => ApiError::Unauthorized,
+                Denied::Forbidden { .. } => ApiError::Forbidden(message),
+                Denied::ReadOnly => ApiError::ReadOnlyMode(message),
+            }
+            .into_response()
+        }
+    }
 }
 
 // ---- extractors ------------------------------------------------------------------------------
@@ -270,8 +296,13 @@ async fn schema_types() -> ApiResult {
     ok(&["AVRO"])
 }
 
-async fn get_mode() -> ApiResult {
-    ok(&json!({ "mode": "READWRITE" }))
+async fn get_mode(State(app): State<AppState>) -> ApiResult {
+    let mode = if app.access.read_only() {
+        "READONLY"
+    } else {
+        "READWRITE"
+    };
+    ok(&json!({ "mode": mode }))
 }
 
 async fn schema_by_id(

@@ -111,6 +111,14 @@ pub enum ApiError {
     RouteNotFound,
     #[error("HTTP 405 Method Not Allowed")]
     MethodNotAllowed,
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// A user without the role the operation needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A change asked of a registry in read-only mode.
+    #[error("{0}")]
+    ReadOnlyMode(String),
     #[error("Error in the backend data store - {0}")]
     Store(#[from] RegistryError),
     #[error("Internal server error: {0}")]
@@ -140,6 +148,9 @@ impl ApiError {
             E::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
             E::RouteNotFound => (StatusCode::NOT_FOUND, 404),
             E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
+            E::Unauthorized => (StatusCode::UNAUTHORIZED, 401),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
+            E::ReadOnlyMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
             E::Store(e) if e.is_timeout() => (StatusCode::INTERNAL_SERVER_ERROR, 50002),
             E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
@@ -162,13 +173,20 @@ impl IntoResponse for ApiError {
             tracing::debug!(error_code, "{self}");
         }
         let message = self.to_string();
-        json_response(
+        let mut response = json_response(
             status,
             &ErrorBody {
                 error_code,
                 message: &message,
             },
-        )
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tributary-registry\""),
+            );
+        }
+        response
     }
 }
 

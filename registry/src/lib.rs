@@ -18,6 +18,8 @@
 //! # Layout
 //!
 //! - `api`: routes, request parsing and handlers.
+//! - [`auth`]: HTTP basic authentication against a users file, roles (read-only, write,
+//!   admin) and a read-only mode ([`Access`]; [`start_with`]). [`start`] serves openly.
 //! - `error`: [`RegistryError`], and `ApiError` with the one mapping of every failure to
 //!   Confluent's status code, `error_code` and message.
 //! - `store`: loading the schemas topic at start-up and persisting each change to it before
@@ -44,6 +46,7 @@
 //!   handed out again after a restart.
 
 mod api;
+pub mod auth;
 mod avro;
 mod compat;
 mod error;
@@ -58,6 +61,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use auth::{Access, Users};
 pub use compat::{Compatibility, UnknownCompatibility};
 pub use error::{RegistryError, CONTENT_TYPE};
 
@@ -138,6 +142,14 @@ impl RunningRegistry {
 /// Binds `config.listen`, loads the registry's state from `config.topic` (creating the topic if
 /// needed) and serves the REST API until [`RunningRegistry::shutdown`].
 pub async fn start(config: RegistryConfig) -> Result<RunningRegistry, RegistryError> {
+    start_with(config, Access::open()).await
+}
+
+/// [`start`], with who may read and change the registry decided by `access`.
+pub async fn start_with(
+    config: RegistryConfig,
+    access: Access,
+) -> Result<RunningRegistry, RegistryError> {
     // Binding first makes a port clash fail fast; connections arriving while the topic loads
     // wait in the listen backlog and are served once the state is complete.
     let (listener, addr) = bind(config.listen).await?;
@@ -145,7 +157,7 @@ pub async fn start(config: RegistryConfig) -> Result<RunningRegistry, RegistryEr
         store::Store::open(&config.brokers, &config.topic, config.default_compatibility).await?,
     );
     tracing::info!(%addr, topic = %config.topic, "schema registry serving");
-    Ok(serve(listener, addr, store, config.max_body_bytes))
+    Ok(serve(listener, addr, store, config.max_body_bytes, access))
 }
 
 /// Binds `listen` and serves the REST API with the registry's state in memory only, starting
@@ -164,10 +176,19 @@ pub async fn start_in_memory(
     listen: SocketAddr,
     default_compatibility: Compatibility,
 ) -> Result<RunningRegistry, RegistryError> {
+    start_in_memory_with(listen, default_compatibility, Access::open()).await
+}
+
+/// [`start_in_memory`], with who may read and change the registry decided by `access`.
+pub async fn start_in_memory_with(
+    listen: SocketAddr,
+    default_compatibility: Compatibility,
+    access: Access,
+) -> Result<RunningRegistry, RegistryError> {
     let (listener, addr) = bind(listen).await?;
     let store = Arc::new(store::Store::in_memory(default_compatibility));
     tracing::info!(%addr, "schema registry serving from memory");
-    Ok(serve(listener, addr, store, DEFAULT_MAX_BODY_BYTES))
+    Ok(serve(listener, addr, store, DEFAULT_MAX_BODY_BYTES, access))
 }
 
 async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), RegistryError> {
@@ -191,10 +212,12 @@ fn serve(
     addr: SocketAddr,
     store: Arc<store::Store>,
     max_body_bytes: usize,
+    access: Access,
 ) -> RunningRegistry {
     let app = api::router(api::AppState {
         store: Arc::clone(&store),
         max_body_bytes,
+        access: Arc::new(access),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -1,4 +1,15 @@
 //! Kafka clients and topic administration.
+//!
+//! Every Kafka client of every process is built by [`client_config`], which is where
+//! librdkafka properties from the environment are applied: `TRIBUTARY_KAFKA_<PROPERTY>` sets
+//! `<property>`, named the way Confluent's docker images name theirs (lower-cased; `_` is `.`,
+//! `__` is `_`, `___` is `-`). So `TRIBUTARY_KAFKA_SECURITY_PROTOCOL=SASL_SSL` is
+//! `security.protocol=SASL_SSL`, `TRIBUTARY_KAFKA_SASL_MECHANISMS=SCRAM-SHA-512` is
+//! `sasl.mechanisms`, `TRIBUTARY_KAFKA_SSL_CA_LOCATION=/etc/ca.pem` is `ssl.ca.location`, like
+//! Kafka Connect's `producer.override.*` but one convention for every process.
+//! `TRIBUTARY_KAFKA_BROKERS` stays the broker list; `bootstrap.servers` cannot be set this way.
+//! Settings a process makes for itself after (a producer's `acks`, a consumer's `group.id`)
+//! win over the environment: the variables are for connecting, not for changing delivery.
 
 use std::time::Duration;
 
@@ -41,12 +52,87 @@ impl KafkaError {
     }
 }
 
-/// A client configuration pointing at `brokers`, with the settings every client here shares.
+/// Prefix of the environment variables that set librdkafka properties.
+pub const PROPERTY_PREFIX: &str = "TRIBUTARY_KAFKA_";
+
+/// Variables under [`PROPERTY_PREFIX`] that are not librdkafka properties.
+const NOT_PROPERTIES: [&str; 1] = ["TRIBUTARY_KAFKA_BROKERS"];
+
+/// Properties that come from `brokers`, never from the environment.
+const FROM_BROKERS: [&str; 2] = ["bootstrap.servers", "metadata.broker.list"];
+
+/// The property a variable's suffix names: `SASL_MECHANISMS` → `sasl.mechanisms`,
+/// `A__B` → `a_b`, `A___B` → `a-b`.
+fn property_name(suffix: &str) -> String {
+    let mut out = String::with_capacity(suffix.len());
+    let mut chars = suffix.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            out.extend(c.to_lowercase());
+            continue;
+        }
+        let mut run = 1;
+        while chars.peek() == Some(&'_') && run < 3 {
+            chars.next();
+            run += 1;
+        }
+        out.push(match run {
+            1 => '.',
+            2 => '_',
+            _ => '-',
+        });
+    }
+    out
+}
+
+/// The librdkafka properties named by `vars` (`TRIBUTARY_KAFKA_<PROPERTY>=value`), sorted.
+/// Empty values are skipped, so `TRIBUTARY_KAFKA_X=` unsets nothing and sets nothing.
+pub fn properties_from(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut props: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, v)| !v.is_empty() && !NOT_PROPERTIES.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let suffix = k.strip_prefix(PROPERTY_PREFIX)?;
+            let name = property_name(suffix);
+            (!name.is_empty() && !FROM_BROKERS.contains(&name.as_str())).then_some((name, v))
+        })
+        .collect();
+    props.sort();
+    props
+}
+
+/// The librdkafka properties of this process's environment.
+pub fn properties_from_env() -> Vec<(String, String)> {
+    properties_from(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )
+}
+
+/// A client configuration pointing at `brokers`, with the settings every client here shares and
+/// the properties of the environment (see the module doc).
 pub fn client_config(brokers: &str) -> ClientConfig {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    let props = properties_from_env();
+    LOGGED.call_once(|| {
+        if !props.is_empty() {
+            // Names only: values may be passwords.
+            let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
+            tracing::info!(properties = ?names, "kafka client properties from the environment");
+        }
+    });
+    client_config_with(brokers, &props)
+}
+
+/// [`client_config`] with `props` in place of the environment's.
+pub fn client_config_with(brokers: &str, props: &[(String, String)]) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         // Fail fast and visibly when the broker is not there rather than hanging.
         .set("socket.timeout.ms", "10000");
+    for (k, v) in props {
+        cfg.set(k, v);
+    }
     cfg
 }
 
@@ -97,5 +183,58 @@ pub fn close_consumer<C: rdkafka::consumer::ConsumerContext>(
     let deadline = std::time::Instant::now() + timeout;
     while !consumer.closed() && std::time::Instant::now() < deadline {
         let _ = consumer.poll(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn variables_name_librdkafka_properties() {
+        let props = properties_from(vars(&[
+            ("TRIBUTARY_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("TRIBUTARY_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512"),
+            ("TRIBUTARY_KAFKA_SASL_USERNAME", "svc"),
+            ("TRIBUTARY_KAFKA_SSL_CA_LOCATION", "/etc/ca.pem"),
+            ("TRIBUTARY_KAFKA_A__B___C", "x"),
+            // Not properties: the broker list, other variables, empty values.
+            ("TRIBUTARY_KAFKA_BROKERS", "h:9092"),
+            ("TRIBUTARY_KAFKA_BOOTSTRAP_SERVERS", "elsewhere:9092"),
+            ("TRIBUTARY_KAFKA_", "x"),
+            ("TRIBUTARY_REDIS_URL", "redis://h"),
+            ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+            ("TRIBUTARY_KAFKA_SASL_PASSWORD", ""),
+        ]));
+        assert_eq!(
+            props,
+            vars(&[
+                ("a_b-c", "x"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.username", "svc"),
+                ("security.protocol", "SASL_SSL"),
+                ("ssl.ca.location", "/etc/ca.pem"),
+            ])
+        );
+    }
+
+    #[test]
+    fn properties_go_into_the_client_config_but_not_over_the_brokers() {
+        let props = vars(&[("security.protocol", "ssl"), ("socket.timeout.ms", "3000")]);
+        let cfg = client_config_with("h1:9092,h2:9092", &props);
+        assert_eq!(cfg.get("security.protocol"), Some("ssl"));
+        assert_eq!(
+            cfg.get("socket.timeout.ms"),
+            Some("3000"),
+            "the environment wins over defaults"
+        );
+        assert_eq!(cfg.get("bootstrap.servers"), Some("h1:9092,h2:9092"));
     }
 }

@@ -19,12 +19,12 @@ use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 
+use crate::registry_auth::RegistryEndpoint;
 use crate::resolve::{resolve, Named};
 use crate::types::{AvroRecord, DomainError};
 
@@ -145,10 +145,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Codec {
+    /// A codec for the registry at `registry_url`, with basic-auth credentials from the URL's
+    /// userinfo or `TRIBUTARY_SCHEMA_REGISTRY_AUTH` (see [`crate::registry_auth`]).
     pub fn new(registry_url: &str) -> Codec {
+        Codec::with_endpoint(&RegistryEndpoint::from_env(registry_url))
+    }
+
+    /// A codec for `endpoint`, its credentials as given.
+    pub fn with_endpoint(endpoint: &RegistryEndpoint) -> Codec {
         static LIMIT: OnceLock<usize> = OnceLock::new();
         LIMIT.get_or_init(|| apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES));
-        let settings = SrSettings::new(registry_url.trim_end_matches('/').to_string());
+        let settings = endpoint.settings();
         Codec {
             encoder: AvroEncoder::new(settings.clone()),
             decoder: AvroDecoder::new(settings),

@@ -54,7 +54,10 @@ impl EsWriter {
     pub fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, WriteError> {
         let url = Url::parse(url).map_err(|e| WriteError::Unavailable {
             store: STORE,
-            message: format!("bad elasticsearch url `{url}`: {e}"),
+            message: format!(
+                "bad elasticsearch url `{}`: {e}",
+                tributary_runtime::redact::url(url)
+            ),
         })?;
         let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(Duration::from_secs(30))

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tributary_runtime::redact;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{ErrorKind, RedisError, Script};
@@ -133,11 +134,11 @@ impl RedisWriter {
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisSinkError> {
         let client =
             ::redis::Client::open(config.url.as_str()).map_err(|source| RedisSinkError::Url {
-                url: config.url.clone(),
+                url: redact::url(&config.url),
                 source,
             })?;
         let error = |source| RedisSinkError::Connect {
-            url: config.url.clone(),
+            url: redact::url(&config.url),
             source,
         };
         let manager = ConnectionManagerConfig::new()
