@@ -260,6 +260,13 @@ start_prometheus() {
 # No -q: cargo's own progress shows (it is a few minutes from cold on 2 cores).
 build_cli() {
   local t0=$SECONDS
+  # rdkafka's `ssl` feature (TLS and SASL to Kafka) builds against the system's OpenSSL.
+  if ! pkg-config --exists openssl 2>/dev/null; then
+    command -v apt-get >/dev/null || die "OpenSSL's headers are missing (libssl-dev) and apt-get is not available to install them"
+    say "tributary: installing libssl-dev and pkg-config (rdkafka's TLS/SASL support builds against them)"
+    apt-get install -y -q libssl-dev pkg-config || { apt-get update -q && apt-get install -y -q libssl-dev pkg-config; } ||
+      die "apt-get install libssl-dev pkg-config failed"
+  fi
   say "tributary: cargo build --release -p tributary (-> $TRIBUTARY_BIN)"
   (cd "$root" && cargo build --release -p tributary) || die "cargo build --release -p tributary failed (output above)"
   [ -x "$TRIBUTARY_BIN" ] || die "cargo built, but $TRIBUTARY_BIN is missing (is TRIBUTARY_BIN overridden to another profile?)"
