@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     fetch_wait_ms: u64,
     /// How long the producer gathers outputs into one request (librdkafka's linger.ms).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 1)]
     linger_ms: u64,
     /// Days a processed command or event id is remembered for de-duplication.
     #[arg(long, default_value_t = 7)]

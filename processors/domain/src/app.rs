@@ -67,7 +67,7 @@ impl DomainConfig {
             decline: DeclineRule::default(),
             commit_interval: Duration::from_millis(100),
             fetch_wait: Duration::from_millis(50),
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(1),
             create_topics: true,
             analytics_windows: Windows::tumbling(60_000, 5_000),
             dedupe_retention: Duration::from_secs(7 * 24 * 3600),
