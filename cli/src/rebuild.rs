@@ -35,6 +35,11 @@ pub struct Args {
     batch_max_records: usize,
     #[command(flatten)]
     stores: StoreArgs,
+    /// Replay event topics whose log start is above 0 (records deleted by retention or
+    /// DeleteRecords) instead of refusing: the result is then a view of the retained part of
+    /// the log only, and entities only the deleted records made are missing from the new view.
+    #[arg(long)]
+    allow_truncated_log: bool,
     /// Seconds to wait for the lock when another rebuild or reconcile of the store holds it.
     #[arg(long, default_value_t = 0)]
     lock_wait_secs: u64,
@@ -106,6 +111,7 @@ async fn one(
     config.brokers = args.stores.brokers.clone();
     config.batch_records = args.batch_max_records.max(1);
     config.lock_wait = Duration::from_secs(args.lock_wait_secs);
+    config.allow_truncated_log = args.allow_truncated_log;
     let bar = Bar::new(store.name());
     let parts = Parts {
         codec,

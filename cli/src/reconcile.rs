@@ -37,6 +37,11 @@ pub struct Args {
     samples: usize,
     #[command(flatten)]
     stores: StoreArgs,
+    /// Replay event topics whose log start is above 0 (records deleted by retention or
+    /// DeleteRecords) instead of refusing: the result is then a view of the retained part of
+    /// the log only, and entities only the deleted records made are reported (and repaired) as extra.
+    #[arg(long)]
+    allow_truncated_log: bool,
     /// Seconds to wait for the lock when another reconcile of the store holds it.
     #[arg(long, default_value_t = 0)]
     lock_wait_secs: u64,
@@ -105,6 +110,7 @@ async fn one(
     config.samples = args.samples;
     config.repair = args.repair;
     config.lock_wait = Duration::from_secs(args.lock_wait_secs);
+    config.allow_truncated_log = args.allow_truncated_log;
     let bar = Bar::new(store.name());
     let parts = Parts {
         codec,

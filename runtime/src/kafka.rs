@@ -13,7 +13,10 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
@@ -25,6 +28,12 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic `{topic}` failed: {code}")]
     CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("{action} of topic `{topic}` failed: {code}")]
+    TopicConfig {
+        action: &'static str,
         topic: String,
         code: RDKafkaErrorCode,
     },
@@ -47,7 +56,7 @@ impl KafkaError {
                     )
                 })
                 .unwrap_or(false),
-            KafkaError::CreateTopic { .. } => false,
+            KafkaError::CreateTopic { .. } | KafkaError::TopicConfig { .. } => false,
         }
     }
 }
@@ -144,12 +153,60 @@ pub struct TopicSpec {
     pub compacted: bool,
 }
 
-/// Creates `topic` unless it exists already.
+/// How [`ensure_topic_with`] creates a topic beyond its layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicOptions {
+    /// Replicas of each partition: 1 on the local single-broker stack, 3 on a 3-broker cluster.
+    pub replication: i32,
+    /// `retention.ms=-1`: the broker never deletes a record by age. Event and command topics are
+    /// the log every store is a view of, so `reconcile` and `rebuild` need all of it.
+    pub retain_forever: bool,
+}
+
+impl Default for TopicOptions {
+    /// One replica, the broker's default retention: scratch and dead-letter topics.
+    fn default() -> Self {
+        Self {
+            replication: 1,
+            retain_forever: false,
+        }
+    }
+}
+
+impl TopicOptions {
+    /// The log's topics (events and commands): never deleted by age.
+    pub fn log(replication: i32) -> Self {
+        Self {
+            replication,
+            retain_forever: true,
+        }
+    }
+}
+
+/// Creates `topic` unless it exists already, with one replica and the broker's retention.
 pub async fn ensure_topic(brokers: &str, topic: &str, spec: TopicSpec) -> Result<(), KafkaError> {
+    ensure_topic_with(brokers, topic, spec, TopicOptions::default()).await
+}
+
+/// Creates `topic` unless it exists already (an existing topic is left as it is: see
+/// [`topic_configs`] to check it).
+pub async fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    spec: TopicSpec,
+    options: TopicOptions,
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let mut new = NewTopic::new(topic, spec.partitions, TopicReplication::Fixed(1));
+    let mut new = NewTopic::new(
+        topic,
+        spec.partitions,
+        TopicReplication::Fixed(options.replication),
+    );
     if spec.compacted {
         new = new.set("cleanup.policy", "compact");
+    }
+    if options.retain_forever {
+        new = new.set("retention.ms", "-1");
     }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new], &opts).await?;
@@ -159,6 +216,62 @@ pub async fn ensure_topic(brokers: &str, topic: &str, spec: TopicSpec) -> Result
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => return Err(KafkaError::CreateTopic { topic: name, code }),
         }
+    }
+    Ok(())
+}
+
+/// The configuration entries the broker reports for `topic`, by name. Brokers differ in what
+/// they list: Kafka lists every entry (defaults included), nisshi only those set on the topic,
+/// so a missing `retention.ms` means the broker's default.
+pub async fn topic_configs(
+    brokers: &str,
+    topic: &str,
+) -> Result<Vec<(String, Option<String>)>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await?;
+    let mut out = Vec::new();
+    for r in results {
+        let resource = r.map_err(|code| KafkaError::TopicConfig {
+            action: "describing the configuration",
+            topic: topic.to_string(),
+            code,
+        })?;
+        if resource.specifier != OwnedResourceSpecifier::Topic(topic.to_string()) {
+            continue;
+        }
+        for e in resource.entries {
+            out.push((e.name, e.value));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets `retention.ms=-1` on `topic`, keeping its other entries (`set`: what
+/// [`topic_configs`] returned). Uses AlterConfigs, which replaces a topic's whole set of
+/// entries, hence `set`; a broker without AlterConfigs answers with its error code.
+pub async fn retain_forever(
+    brokers: &str,
+    topic: &str,
+    set: &[(String, Option<String>)],
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in set {
+        if let (Some(v), false) = (v, k == "retention.ms") {
+            alter = alter.set(k, v);
+        }
+    }
+    alter = alter.set("retention.ms", "-1");
+    for r in admin.alter_configs([&alter], &opts).await? {
+        r.map_err(|(_, code)| KafkaError::TopicConfig {
+            action: "setting retention.ms=-1",
+            topic: topic.to_string(),
+            code,
+        })?;
     }
     Ok(())
 }

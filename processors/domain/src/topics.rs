@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tributary_runtime::kafka::{client_config, ensure_topic, TopicSpec};
+use tributary_runtime::kafka::{client_config, ensure_topic_with, TopicOptions, TopicSpec};
 
 use crate::error::{ProcessorError, Result};
 
@@ -118,14 +118,25 @@ impl Topics {
         all
     }
 
-    /// Creates every topic that is missing (existing ones are left as they are).
+    /// Creates every topic that is missing (existing ones are left as they are): the command
+    /// and event topics with infinite retention (they are the log the stores are views of),
+    /// the internal ones with the broker's default.
     pub async fn ensure(&self, brokers: &str, partitions: i32) -> Result<()> {
+        let log: Vec<String> = tributary_schemas::types::ALL_TOPICS
+            .iter()
+            .map(|(base, _)| self.name(base))
+            .collect();
         for (topic, n) in self.all(partitions) {
             let spec = TopicSpec {
                 partitions: n,
                 compacted: false,
             };
-            ensure_topic(brokers, &topic, spec).await?;
+            let options = if log.contains(&topic) {
+                TopicOptions::log(1)
+            } else {
+                TopicOptions::default()
+            };
+            ensure_topic_with(brokers, &topic, spec, options).await?;
         }
         Ok(())
     }

@@ -157,6 +157,9 @@ pub struct RebuildConfig {
     pub settled: u64,
     /// Attempts per batch while the store is unavailable, with backoff from 100 ms to 5 s.
     pub write_attempts: u32,
+    /// Rebuild from an event topic whose log start is above 0 anyway (see
+    /// [`replay::check_whole_log`]): the new view then holds what the retained records make.
+    pub allow_truncated_log: bool,
 }
 
 impl RebuildConfig {
@@ -176,6 +179,7 @@ impl RebuildConfig {
             catch_up_passes: 5,
             settled: 100,
             write_attempts: 10,
+            allow_truncated_log: false,
         }
     }
 
@@ -187,6 +191,7 @@ impl RebuildConfig {
         c.lock_ttl = self.lock_ttl;
         c.lock_wait = self.lock_wait;
         c.idle_timeout = self.idle_timeout;
+        c.allow_truncated_log = self.allow_truncated_log;
         c
     }
 }
@@ -279,6 +284,9 @@ async fn run(
         copy: target.copy(),
         ..RebuildReport::default()
     };
+    // Before the copy exists: a refused rebuild writes nothing.
+    let marks = replay::current_watermarks(&config.brokers, sources)?;
+    replay::check_whole_log(&marks, config.allow_truncated_log)?;
     parts.progress.start("preparing the copy", 0);
     let writer = target.prepare().await?;
     tracing::info!(store = report.store, copy = %report.copy, "rebuild: copy created");

@@ -144,6 +144,12 @@ pub enum ReconcileError {
     },
     #[error("repair write failed: {0}")]
     Write(#[from] WriteError),
+    #[error("{topic}/{partition} starts at offset {log_start}, not 0: the records before it were deleted (retention or DeleteRecords), so a replay would be a view of the retained part of the log only; refused (`--allow-truncated-log` accepts that)")]
+    TruncatedLog {
+        topic: String,
+        partition: i32,
+        log_start: i64,
+    },
 }
 
 impl ReconcileError {
@@ -158,6 +164,7 @@ impl ReconcileError {
             | ReconcileError::Locked { .. }
             | ReconcileError::LockLost { .. }
             | ReconcileError::LogMoved { .. } => true,
+            ReconcileError::TruncatedLog { .. } => false,
             ReconcileError::NoSuchTopic { .. } => false,
             ReconcileError::Write(e) => e.retriable(),
         }
@@ -243,6 +250,9 @@ pub struct ReconcileConfig {
     pub idle_timeout: Duration,
     /// Changes per repair write.
     pub repair_batch: usize,
+    /// Replay an event topic whose log start is above 0 anyway (see
+    /// [`replay::check_whole_log`]): the expected view is then that of the retained records only.
+    pub allow_truncated_log: bool,
 }
 
 impl ReconcileConfig {
@@ -259,6 +269,7 @@ impl ReconcileConfig {
             lock_wait: Duration::ZERO,
             idle_timeout: Duration::from_secs(30),
             repair_batch: 500,
+            allow_truncated_log: false,
         }
     }
 }
@@ -306,9 +317,12 @@ async fn run(
         config.sources.clone()
     };
     let mut fold = Expected::new(live_store.rules());
-    let stats = replay::replay(
+    let marks = replay::current_watermarks(&config.brokers, &sources)?;
+    replay::check_whole_log(&marks, config.allow_truncated_log)?;
+    let stats = replay::replay_ranges(
         &config.brokers,
         &sources,
+        &marks,
         parts.codec,
         parts.projection,
         &mut fold,

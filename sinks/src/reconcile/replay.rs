@@ -112,6 +112,27 @@ pub fn watermarks(
     Ok(out)
 }
 
+/// Refuses `marks` as the ranges of a whole-history replay when a partition's low watermark
+/// (its log start) is above 0: the records before it are gone (retention, DeleteRecords), so
+/// what the replay folds is not the log every store is a view of, and a rebuild or a repair
+/// from it would drop every entity only the lost records made. With `allow_truncated`, only
+/// logs it. The one check `reconcile` and `rebuild` share.
+pub fn check_whole_log(marks: &Watermarks, allow_truncated: bool) -> Result<(), ReconcileError> {
+    for ((topic, partition), r) in marks {
+        if r.low > 0 {
+            if !allow_truncated {
+                return Err(ReconcileError::TruncatedLog {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    log_start: r.low,
+                });
+            }
+            tracing::warn!(%topic, partition, log_start = r.low, "replaying a truncated log: the result is a view of the retained records only");
+        }
+    }
+    Ok(())
+}
+
 /// The watermarks of `sources` now, with a consumer of its own.
 pub fn current_watermarks(
     brokers: &str,
