@@ -109,6 +109,7 @@ async fn one(
     let (projection, writer, target) = connect(args, store, &lock).await?;
     let mut config = RebuildConfig::new(store.name());
     config.brokers = args.stores.brokers.clone();
+    config.sources = args.stores.sources(projection.as_ref());
     config.batch_records = args.batch_max_records.max(1);
     config.lock_wait = Duration::from_secs(args.lock_wait_secs);
     config.allow_truncated_log = args.allow_truncated_log;

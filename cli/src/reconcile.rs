@@ -107,6 +107,7 @@ async fn one(
     let (projection, writer, live) = connect(args, store).await?;
     let mut config = ReconcileConfig::new(store.name());
     config.brokers = args.stores.brokers.clone();
+    config.sources = args.stores.sources(projection.as_ref());
     config.samples = args.samples;
     config.repair = args.repair;
     config.lock_wait = Duration::from_secs(args.lock_wait_secs);

@@ -10,6 +10,7 @@ use tributary_runtime::config::{
 };
 use tributary_runtime::redact;
 use tributary_sinks::reconcile::Progress;
+use tributary_sinks::runner::{Projection, SourceTopic};
 use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -74,9 +75,29 @@ pub struct StoreArgs {
     /// Prefix of the Redis keys.
     #[arg(long, default_value = "tributary:v1")]
     pub redis_prefix: String,
+    /// Put before every event topic name (a pipeline and sinks started with the same
+    /// `--topic-prefix`).
+    #[arg(long, default_value = "")]
+    pub topic_prefix: String,
 }
 
 impl StoreArgs {
+    /// The topics to replay for `projection`: empty (each stream's production topic) without a
+    /// `--topic-prefix`.
+    pub fn sources(&self, projection: &dyn Projection) -> Vec<SourceTopic> {
+        if self.topic_prefix.is_empty() {
+            return Vec::new();
+        }
+        projection
+            .streams()
+            .iter()
+            .map(|&stream| SourceTopic {
+                topic: format!("{}{}", self.topic_prefix, stream.topic()),
+                stream,
+            })
+            .collect()
+    }
+
     pub fn postgres_config(&self) -> pg::PostgresConfig {
         pg::PostgresConfig {
             url: self.database_url.clone(),
