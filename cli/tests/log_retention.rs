@@ -160,3 +160,47 @@ async fn rebuild_and_repair_refuse_a_log_whose_start_is_above_zero() {
     let _: () = conn.del(&o1).await.expect("cleanup");
     delete_topics(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_create_reports_a_topic_with_finite_retention() {
+    use tributary_runtime::kafka::{ensure_topic, TopicSpec};
+    let brokers = KAFKA_BROKERS.get();
+    let prefix = format!("{}.", unique_name("wt13b-finite"));
+    // Created as before this change: the broker's default retention.
+    let topic = format!("{prefix}events.users");
+    let spec = TopicSpec {
+        partitions: 1,
+        compacted: false,
+    };
+    ensure_topic(&brokers, &topic, spec).await.expect("created");
+
+    let out = create_topics(&prefix);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{topic:<24} BREAKS THE LOG")),
+        "{}",
+        text(&out)
+    );
+
+    // `--fix` sets retention.ms=-1 where the broker takes AlterConfigs; a broker without it
+    // (nisshi has only IncrementalAlterConfigs, which rdkafka 0.39 does not wrap) is named
+    // in the error, with the topic, and the topic is left as it was.
+    let mut args = vec!["topics", "create", "--partitions", "1", "--fix"];
+    args.extend(["--topic-prefix", &prefix]);
+    let out = tributary(&args);
+    let entries = topic_configs(&brokers, &topic).await.expect("describe");
+    let retention = entries
+        .iter()
+        .find(|(k, _)| k == "retention.ms")
+        .and_then(|(_, v)| v.clone());
+    if out.status.success() {
+        assert_eq!(retention.as_deref(), Some("-1"), "{}", text(&out));
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let line = format!("{topic:<24} BREAKS THE LOG");
+        assert!(text(&out).contains(&line), "{}", text(&out));
+        assert!(text(&out).contains("AlterConfigs"), "{}", text(&out));
+        assert_ne!(retention.as_deref(), Some("-1"));
+    }
+    delete_topics(&prefix).await;
+}

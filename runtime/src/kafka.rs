@@ -266,7 +266,20 @@ pub async fn retain_forever(
         }
     }
     alter = alter.set("retention.ms", "-1");
-    for r in admin.alter_configs([&alter], &opts).await? {
+    let results = admin
+        .alter_configs([&alter], &opts)
+        .await
+        .map_err(|e| match e {
+            rdkafka::error::KafkaError::AdminOp(code @ RDKafkaErrorCode::UnsupportedFeature) => {
+                KafkaError::TopicConfig {
+                    action: "setting retention.ms=-1 (the broker does not support AlterConfigs)",
+                    topic: topic.to_string(),
+                    code,
+                }
+            }
+            e => KafkaError::Client(e),
+        })?;
+    for r in results {
         r.map_err(|(_, code)| KafkaError::TopicConfig {
             action: "setting retention.ms=-1",
             topic: topic.to_string(),
