@@ -11,7 +11,10 @@
 //! ```
 //!
 //! - [`replay`]: a plain consumer, assigned every partition from its low to its high watermark
-//!   (as they were when the replay started), never committing.
+//!   (as they were when the replay started), never committing. A low watermark above 0 means
+//!   the first records are gone, so the replay would not be the whole history:
+//!   [`replay::check_whole_log`] refuses it (reconcile and rebuild alike) unless
+//!   `allow_truncated_log` is set.
 //! - [`expected`]: the fold of the changes with the stores' versioned semantics.
 //! - [`diff`]: missing, extra and differing entities per view; the [`Report`] and its metrics.
 //! - one module per store ([`postgres`], [`mongodb`], [`redis`], [`elasticsearch`]) implementing
