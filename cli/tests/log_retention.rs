@@ -174,8 +174,9 @@ async fn topics_create_reports_a_topic_with_finite_retention() {
     };
     ensure_topic(&brokers, &topic, spec).await.expect("created");
 
+    // Reported, and the command still succeeds (scripts creating the topics go on).
     let out = create_topics(&prefix);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("{topic:<24} BREAKS THE LOG")),
         "{}",
