@@ -455,8 +455,9 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
         .iter()
         .any(|e| matches!(&e.payload, AnalyticsEvent::TopProducts(t) if !t.products.is_empty())));
 
-    // The garbage went through the repartition hop and was dead-lettered where it was decoded.
-    let dlq = format!("{}.dlq", p.cfg.topics.orders_saga());
+    // The garbage was checked by the first stage that read it and dead-lettered from the
+    // producer's own topic.
+    let dlq = format!("{}.dlq", p.cfg.topics.commands_orders());
     let dead = tokio::task::spawn_blocking(move || read_raw(&dlq, 1))
         .await
         .expect("reader");
