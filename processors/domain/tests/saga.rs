@@ -178,7 +178,16 @@ async fn saga_paths_success_stock_out_decline_and_invalid() {
             header("dlq.rejection.reason").as_deref(),
             Some("ValidationFailed")
         );
-        assert!(header("dlq.source.topic").is_some() && header("dlq.source.offset").is_some());
+        // The producer's record, not the saga's internal hop that refused it.
+        assert_eq!(
+            header("dlq.source.topic"),
+            Some(p.cfg.topics.commands_orders())
+        );
+        assert!(header("dlq.source.offset").is_some() && header("dlq.hop.topic").is_some());
+        assert_eq!(
+            header("dlq.consumer.group"),
+            Some(DomainApp::Orders.application_id(&p.cfg))
+        );
     }
 
     let mut notes = p.reader::<NotificationEvent>(p.cfg.topics.events_notifications());
