@@ -24,10 +24,10 @@ use tributary_schemas::{AvroRecord, DomainError};
 
 /// The command topics, and the payload field holding each one's aggregate id.
 pub const COMMAND_TOPICS: [(&str, &str); 4] = [
-    ("commands.users", "user_id"),
-    ("commands.inventory", "product_id"),
-    ("commands.orders", "order_id"),
-    ("commands.payments", "payment_id"),
+    (UserCommand::TOPIC, "user_id"),
+    (InventoryCommand::TOPIC, "product_id"),
+    (OrderCommand::TOPIC, "order_id"),
+    (PaymentCommand::TOPIC, "payment_id"),
 ];
 
 /// Longest id accepted, in bytes of UTF-8. Generous for any real id (a UUID is 36, a prefixed
@@ -243,9 +243,9 @@ impl Command {
                 topic: topic.to_string(),
             })?;
         let cmd = match topic {
-            "commands.users" => Command::Users(build(topic, field, value)?),
-            "commands.inventory" => Command::Inventory(build(topic, field, value)?),
-            "commands.orders" => Command::Orders(build(topic, field, value)?),
+            UserCommand::TOPIC => Command::Users(build(topic, field, value)?),
+            InventoryCommand::TOPIC => Command::Inventory(build(topic, field, value)?),
+            OrderCommand::TOPIC => Command::Orders(build(topic, field, value)?),
             _ => Command::Payments(build(topic, field, value)?),
         };
         // Fail here, not at send time, when a value does not fit the schema.

@@ -26,6 +26,7 @@ use tributary_schemas::types::Envelope;
 use tributary_streams::window::{Window, Windows};
 use tributary_streams::{Context, Processor, Record};
 
+use crate::app::{clones, App, Build, Building};
 use crate::common::{first_time, load, save, Wire};
 use crate::error::{ProcessorError, Result};
 use crate::topics::Topics;
@@ -212,5 +213,29 @@ impl Processor for AnalyticsProcessor {
             Err(ProcessorError::UnexpectedTopic(record.id()))
         };
         Ok(r?)
+    }
+}
+
+/// The `analytics` app.
+pub(crate) struct AnalyticsApp;
+
+impl App for AnalyticsApp {
+    fn name(&self) -> &'static str {
+        "analytics"
+    }
+
+    fn inputs(&self, topics: &Topics) -> Vec<String> {
+        AnalyticsProcessor::inputs(topics)
+    }
+
+    fn stores(&self) -> Vec<&'static str> {
+        AnalyticsProcessor::stores()
+    }
+
+    fn build<'a>(&'a self, b: Build<'a>) -> Building<'a> {
+        Box::pin(async move {
+            let windows = b.cfg.analytics_windows;
+            Ok(clones(AnalyticsProcessor::new(b.wire(), b.topics, windows)))
+        })
     }
 }

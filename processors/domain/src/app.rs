@@ -1,6 +1,9 @@
-//! Starting a processor: configuration, topics, and the streams app around each processor.
+//! Starting a processor: configuration, the [`App`] trait each domain app implements, the one
+//! list of them ([`DomainApp::ALL`]), and the streams app around each.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,18 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tributary_runtime::config::{KAFKA_BROKERS, SCHEMA_REGISTRY_URL};
 use tributary_schemas::Codec;
 use tributary_streams::window::Windows;
-use tributary_streams::StreamsApp;
+use tributary_streams::{Processor, StreamsApp};
 
-use crate::analytics::AnalyticsProcessor;
-use crate::catalog::Catalog;
 use crate::common::Wire;
-use crate::error::{ProcessorError, Result};
-use crate::inventory::InventoryProcessor;
-use crate::notifications::NotificationsProcessor;
-use crate::payments::{DeclineRule, PaymentsProcessor};
-use crate::saga::OrderSaga;
-use crate::topics::{check_co_partitioned, Topics};
-use crate::users::UsersProcessor;
+use crate::error::Result;
+use crate::payments::DeclineRule;
+use crate::topics::Topics;
 
 /// What every domain processor needs to run.
 #[derive(Debug, Clone)]
@@ -76,18 +73,86 @@ impl DomainConfig {
     }
 }
 
-/// The domain processors, each one streams application (consumer group `<prefix>tributary-<name>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DomainApp {
-    Users,
-    Inventory,
-    Payments,
-    Orders,
-    Notifications,
-    Analytics,
+/// The boxed future an [`App`] builds its processors in.
+pub type Building<'a> = Pin<Box<dyn Future<Output = Result<Factory>> + Send + 'a>>;
+
+/// Makes the processor of one task (the input partition number it is given).
+pub type Factory = Box<dyn Fn(i32) -> Box<dyn Processor> + Send + Sync>;
+
+/// A factory handing each task a clone of `p`.
+pub(crate) fn clones<P: Processor + Clone + Sync + 'static>(p: P) -> Factory {
+    Box::new(move |_| Box::new(p.clone()))
 }
 
+/// What a domain app's processors are built from.
+pub struct Build<'a> {
+    pub cfg: &'a DomainConfig,
+    pub codec: Arc<Codec>,
+    pub topics: Topics,
+    pub metrics: Option<&'a Registry>,
+}
+
+impl Build<'_> {
+    pub(crate) fn wire(&self) -> Wire {
+        Wire::new(self.codec.clone())
+    }
+}
+
+/// One domain app, as `tributary process --app <name>` runs it: each is one streams application
+/// (consumer group `<prefix>tributary-<name>`). Its file in this crate implements this trait
+/// beside its processor, and one entry in [`DomainApp::ALL`] registers it: the CLI, the summary
+/// and the tests take the list from there.
+pub trait App: Send + Sync {
+    /// Its name: `--app <name>`, and its application id `<prefix>tributary-<name>`.
+    fn name(&self) -> &'static str;
+
+    /// The topics it consumes (its consumer group's subscription), in subscription order.
+    fn inputs(&self, topics: &Topics) -> Vec<String>;
+
+    /// Its state stores (each changelogged to `<app id>-<store>-changelog`).
+    fn stores(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// How long an entry of `store` is kept after its last change; `None`: until deleted. By
+    /// default the dedupe store keeps ids for [`DomainConfig::dedupe_retention`].
+    fn retention(&self, store: &str, cfg: &DomainConfig) -> Option<Duration> {
+        (store == crate::common::SEEN).then_some(cfg.dedupe_retention)
+    }
+
+    /// Builds what makes each task's processor.
+    fn build<'a>(&'a self, b: Build<'a>) -> Building<'a>;
+}
+
+/// A domain app of [`DomainApp::ALL`]; compared and printed by name.
+#[derive(Clone, Copy)]
+pub struct DomainApp(&'static dyn App);
+
+impl PartialEq for DomainApp {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for DomainApp {}
+
+impl std::fmt::Debug for DomainApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+// Named like the variants they replaced, so call sites read `DomainApp::Orders`.
+#[allow(non_upper_case_globals)]
 impl DomainApp {
+    pub const Users: DomainApp = DomainApp(&crate::users::UsersApp);
+    pub const Inventory: DomainApp = DomainApp(&crate::inventory::InventoryApp);
+    pub const Payments: DomainApp = DomainApp(&crate::payments::PaymentsApp);
+    pub const Orders: DomainApp = DomainApp(&crate::saga::OrdersApp);
+    pub const Notifications: DomainApp = DomainApp(&crate::notifications::NotificationsApp);
+    pub const Analytics: DomainApp = DomainApp(&crate::analytics::AnalyticsApp);
+
+    /// Every domain app, in the order `--app all` starts them: the one list.
     pub const ALL: [DomainApp; 6] = [
         DomainApp::Users,
         DomainApp::Inventory,
@@ -98,14 +163,7 @@ impl DomainApp {
     ];
 
     pub fn name(self) -> &'static str {
-        match self {
-            DomainApp::Users => "users",
-            DomainApp::Inventory => "inventory",
-            DomainApp::Payments => "payments",
-            DomainApp::Orders => "orders",
-            DomainApp::Notifications => "notifications",
-            DomainApp::Analytics => "analytics",
-        }
+        self.0.name()
     }
 
     pub fn from_name(name: &str) -> Option<DomainApp> {
@@ -118,26 +176,12 @@ impl DomainApp {
 
     /// The topics this app consumes (its consumer group's subscription).
     pub fn inputs(self, topics: &Topics) -> Vec<String> {
-        match self {
-            DomainApp::Analytics => AnalyticsProcessor::inputs(topics),
-            DomainApp::Users => UsersProcessor::inputs(topics),
-            DomainApp::Inventory => InventoryProcessor::inputs(topics),
-            DomainApp::Payments => PaymentsProcessor::inputs(topics),
-            DomainApp::Orders => OrderSaga::inputs(topics),
-            DomainApp::Notifications => NotificationsProcessor::inputs(topics),
-        }
+        self.0.inputs(topics)
     }
 
     /// The app's state stores (each changelogged to `<app id>-<store>-changelog`).
     pub fn stores(self) -> Vec<&'static str> {
-        match self {
-            DomainApp::Analytics => AnalyticsProcessor::stores(),
-            DomainApp::Users => UsersProcessor::stores(),
-            DomainApp::Inventory => InventoryProcessor::stores(),
-            DomainApp::Payments => PaymentsProcessor::stores(),
-            DomainApp::Orders => OrderSaga::stores(),
-            DomainApp::Notifications => NotificationsProcessor::stores(),
-        }
+        self.0.stores()
     }
 
     /// Runs the processor until `shutdown` fires. `metrics` receives the runtime's metrics; one
@@ -176,7 +220,6 @@ impl DomainApp {
             cfg.topics.ensure(&cfg.brokers, cfg.partitions).await?;
         }
         let codec = Arc::new(Codec::new(&cfg.registry_url));
-        let wire = Wire::new(codec.clone());
         let topics = cfg.topics.clone();
         let mut b = StreamsApp::builder(&self.application_id(cfg))
             .brokers(&cfg.brokers)
@@ -192,73 +235,21 @@ impl DomainApp {
             b = b.input(t);
         }
         for s in self.stores() {
-            b = match s {
-                crate::common::SEEN => b.store_with_retention(s, cfg.dedupe_retention),
-                crate::saga::ORDERS if self == DomainApp::Orders => {
-                    b.store_with_retention(s, cfg.saga_retention.max(cfg.saga_timeout * 2))
-                }
-                _ => b.store(s),
+            b = match self.0.retention(s, cfg) {
+                Some(r) => b.store_with_retention(s, r),
+                None => b.store(s),
             };
         }
-        let b = match self {
-            DomainApp::Analytics => {
-                let p = AnalyticsProcessor::new(wire, topics, cfg.analytics_windows);
-                b.processor(move |_| p.clone())
-            }
-            DomainApp::Users => {
-                let p = UsersProcessor::new(wire, topics);
-                b.processor(move |_| p.clone())
-            }
-            DomainApp::Inventory => {
-                let p = InventoryProcessor::new(wire, topics);
-                b.processor(move |_| p.clone())
-            }
-            DomainApp::Payments => {
-                let p = PaymentsProcessor::new(wire, topics, cfg.decline.clone());
-                b.processor(move |_| p.clone())
-            }
-            DomainApp::Notifications => {
-                let p = NotificationsProcessor::new(wire, topics);
-                b.processor(move |_| p.clone())
-            }
-            DomainApp::Orders => {
-                let (brokers, co) = (
-                    cfg.brokers.clone(),
-                    vec![
-                        topics.orders_saga(),
-                        topics.events_inventory(),
-                        topics.events_payments(),
-                    ],
-                );
-                let events = topics.events_inventory();
-                let owner = (
-                    DomainApp::Inventory.application_id(cfg),
-                    InventoryProcessor::inputs(&topics),
-                );
-                let catalog = tokio::task::spawn_blocking(move || -> Result<Catalog> {
-                    check_co_partitioned(&brokers, &co)?;
-                    Catalog::start(&brokers, &events, Some((&owner.0, owner.1)), codec)
-                })
-                .await
-                .map_err(|e| ProcessorError::Config(format!("starting the catalog: {e}")))??;
-                let catalog = Arc::new(catalog);
-                let timeout = cfg.saga_timeout;
-                let outcomes = metrics
-                    .map(crate::saga::outcome_metric)
-                    .transpose()
-                    .map_err(|e| ProcessorError::Config(format!("saga metrics: {e}")))?;
-                b.processor(move |_| {
-                    OrderSaga::new(
-                        wire.clone(),
-                        topics.clone(),
-                        catalog.clone(),
-                        timeout,
-                        outcomes.clone(),
-                    )
-                })
-            }
-        };
-        let app = b.build()?;
+        let factory = self
+            .0
+            .build(Build {
+                cfg,
+                codec,
+                topics,
+                metrics,
+            })
+            .await?;
+        let app = b.processor(factory).build()?;
         match kill {
             None => app.run(shutdown).await?,
             Some((kill, point)) => app.run_with_kill_switch(shutdown, kill, point).await?,

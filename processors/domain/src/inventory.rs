@@ -30,6 +30,7 @@ use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
 use tributary_streams::{Context, Processor, Record};
 
+use crate::app::{clones, App, Build, Building};
 use crate::common::{first_time, load, save, to_i32, Wire};
 use crate::error::Result;
 use crate::topics::Topics;
@@ -511,5 +512,26 @@ impl Processor for InventoryProcessor {
             return Ok(());
         }
         Err(crate::error::ProcessorError::UnexpectedTopic(record.id()).into())
+    }
+}
+
+/// The `inventory` app.
+pub(crate) struct InventoryApp;
+
+impl App for InventoryApp {
+    fn name(&self) -> &'static str {
+        "inventory"
+    }
+
+    fn inputs(&self, topics: &Topics) -> Vec<String> {
+        InventoryProcessor::inputs(topics)
+    }
+
+    fn stores(&self) -> Vec<&'static str> {
+        InventoryProcessor::stores()
+    }
+
+    fn build<'a>(&'a self, b: Build<'a>) -> Building<'a> {
+        Box::pin(async move { Ok(clones(InventoryProcessor::new(b.wire(), b.topics))) })
     }
 }

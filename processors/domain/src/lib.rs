@@ -67,7 +67,7 @@ mod topics;
 pub mod users;
 
 pub use analytics::AnalyticsProcessor;
-pub use app::{DomainApp, DomainConfig};
+pub use app::{App, Build, Building, DomainApp, DomainConfig, Factory};
 pub use catalog::{Catalog, Price};
 pub use error::{ProcessorError, Result};
 pub use inventory::InventoryProcessor;

@@ -16,6 +16,7 @@ use tributary_schemas::domain::{
 use tributary_schemas::types::{Envelope, TopicPayload};
 use tributary_streams::{Context, Processor, Record};
 
+use crate::app::{clones, App, Build, Building};
 use crate::common::Wire;
 use crate::error::{ProcessorError, Result};
 use crate::topics::Topics;
@@ -122,5 +123,26 @@ impl Processor for NotificationsProcessor {
             Err(ProcessorError::UnexpectedTopic(record.id()))
         };
         Ok(r?)
+    }
+}
+
+/// The `notifications` app.
+pub(crate) struct NotificationsApp;
+
+impl App for NotificationsApp {
+    fn name(&self) -> &'static str {
+        "notifications"
+    }
+
+    fn inputs(&self, topics: &Topics) -> Vec<String> {
+        NotificationsProcessor::inputs(topics)
+    }
+
+    fn stores(&self) -> Vec<&'static str> {
+        NotificationsProcessor::stores()
+    }
+
+    fn build<'a>(&'a self, b: Build<'a>) -> Building<'a> {
+        Box::pin(async move { Ok(clones(NotificationsProcessor::new(b.wire(), b.topics))) })
     }
 }

@@ -23,6 +23,7 @@ use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
 use tributary_streams::{Context, Processor, Record};
 
+use crate::app::{clones, App, Build, Building};
 use crate::common::{first_time, load, save, Wire};
 use crate::error::{ProcessorError, Result};
 use crate::topics::Topics;
@@ -318,6 +319,30 @@ impl Processor for PaymentsProcessor {
             PaymentCommand::RefundPayment(c) => self.refund(ctx, &env, c),
         };
         Ok(r?)
+    }
+}
+
+/// The `payments` app.
+pub(crate) struct PaymentsApp;
+
+impl App for PaymentsApp {
+    fn name(&self) -> &'static str {
+        "payments"
+    }
+
+    fn inputs(&self, topics: &Topics) -> Vec<String> {
+        PaymentsProcessor::inputs(topics)
+    }
+
+    fn stores(&self) -> Vec<&'static str> {
+        PaymentsProcessor::stores()
+    }
+
+    fn build<'a>(&'a self, b: Build<'a>) -> Building<'a> {
+        Box::pin(async move {
+            let p = PaymentsProcessor::new(b.wire(), b.topics, b.cfg.decline.clone());
+            Ok(clones(p))
+        })
     }
 }
 

@@ -42,11 +42,12 @@ use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
 use tributary_streams::{Context, Processor, Record, TimeKind, Timer};
 
+use crate::app::{App, Build, Building};
 use crate::catalog::Catalog;
 use crate::common::{first_time, handled_before, load, save, Wire};
 use crate::error::{ProcessorError, Result};
 use crate::orders::{payment_id, price, validate, OrderState, Stage};
-use crate::topics::Topics;
+use crate::topics::{check_co_partitioned, Topics};
 
 pub(crate) const ORDERS: &str = "orders";
 const TIMER_PREFIX: &str = "timeout:";
@@ -607,5 +608,77 @@ impl Processor for OrderSaga {
             self.on_timeout(ctx, order_id)?;
         }
         Ok(())
+    }
+}
+
+/// The `orders` app: the order saga.
+pub(crate) struct OrdersApp;
+
+impl App for OrdersApp {
+    fn name(&self) -> &'static str {
+        "orders"
+    }
+
+    fn inputs(&self, topics: &Topics) -> Vec<String> {
+        OrderSaga::inputs(topics)
+    }
+
+    fn stores(&self) -> Vec<&'static str> {
+        OrderSaga::stores()
+    }
+
+    /// A finished order's state stays for `saga_retention` (at least twice the timeout, so an
+    /// open order's state is never swept).
+    fn retention(&self, store: &str, cfg: &crate::DomainConfig) -> Option<Duration> {
+        match store {
+            ORDERS => Some(cfg.saga_retention.max(cfg.saga_timeout * 2)),
+            crate::common::SEEN => Some(cfg.dedupe_retention),
+            _ => None,
+        }
+    }
+
+    fn build<'a>(&'a self, b: Build<'a>) -> Building<'a> {
+        Box::pin(async move {
+            let cfg = b.cfg;
+            let topics = b.topics.clone();
+            let (brokers, co) = (
+                cfg.brokers.clone(),
+                vec![
+                    topics.orders_saga(),
+                    topics.events_inventory(),
+                    topics.events_payments(),
+                ],
+            );
+            let events = topics.events_inventory();
+            // The catalog reads the inventory app's events; it checks that app's lag so an
+            // order is priced from a catalog that has caught up.
+            let inventory = crate::DomainApp::Inventory;
+            let owner = (inventory.application_id(cfg), inventory.inputs(&topics));
+            let codec = b.codec.clone();
+            let catalog = tokio::task::spawn_blocking(move || -> Result<Catalog> {
+                check_co_partitioned(&brokers, &co)?;
+                Catalog::start(&brokers, &events, Some((&owner.0, owner.1)), codec)
+            })
+            .await
+            .map_err(|e| ProcessorError::Config(format!("starting the catalog: {e}")))??;
+            let catalog = Arc::new(catalog);
+            let timeout = cfg.saga_timeout;
+            let outcomes = b
+                .metrics
+                .map(outcome_metric)
+                .transpose()
+                .map_err(|e| ProcessorError::Config(format!("saga metrics: {e}")))?;
+            let wire = b.wire();
+            let factory: crate::app::Factory = Box::new(move |_| {
+                Box::new(OrderSaga::new(
+                    wire.clone(),
+                    topics.clone(),
+                    catalog.clone(),
+                    timeout,
+                    outcomes.clone(),
+                ))
+            });
+            Ok(factory)
+        })
     }
 }

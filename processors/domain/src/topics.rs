@@ -1,10 +1,17 @@
 //! Topic names, with an optional prefix so that tests (or tenants) get their own set, and the
-//! crate's internal topics.
+//! crate's internal topics. The public topics' names have one home: each payload type's
+//! `TopicPayload::TOPIC` in `tributary-schemas`.
 
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_runtime::kafka::{client_config, ensure_topic_with, TopicOptions, TopicSpec};
+
+use tributary_schemas::domain::{
+    AnalyticsEvent, InventoryCommand, InventoryEvent, NotificationEvent, OrderCommand, OrderEvent,
+    PaymentCommand, PaymentEvent, RejectionEvent, UserCommand, UserEvent,
+};
+use tributary_schemas::types::TopicPayload;
 
 use crate::error::{ProcessorError, Result};
 
@@ -26,34 +33,34 @@ impl Topics {
     }
 
     pub fn commands_users(&self) -> String {
-        self.name("commands.users")
+        self.name(UserCommand::TOPIC)
     }
     pub fn commands_inventory(&self) -> String {
-        self.name("commands.inventory")
+        self.name(InventoryCommand::TOPIC)
     }
     pub fn commands_orders(&self) -> String {
-        self.name("commands.orders")
+        self.name(OrderCommand::TOPIC)
     }
     pub fn commands_payments(&self) -> String {
-        self.name("commands.payments")
+        self.name(PaymentCommand::TOPIC)
     }
     pub fn events_users(&self) -> String {
-        self.name("events.users")
+        self.name(UserEvent::TOPIC)
     }
     pub fn events_inventory(&self) -> String {
-        self.name("events.inventory")
+        self.name(InventoryEvent::TOPIC)
     }
     pub fn events_orders(&self) -> String {
-        self.name("events.orders")
+        self.name(OrderEvent::TOPIC)
     }
     pub fn events_payments(&self) -> String {
-        self.name("events.payments")
+        self.name(PaymentEvent::TOPIC)
     }
     pub fn events_notifications(&self) -> String {
-        self.name("events.notifications")
+        self.name(NotificationEvent::TOPIC)
     }
     pub fn events_rejections(&self) -> String {
-        self.name("events.rejections")
+        self.name(RejectionEvent::TOPIC)
     }
 
     /// Every inventory command, re-keyed onto one partition: the stock ledger. A reservation
@@ -83,7 +90,7 @@ impl Topics {
     }
 
     pub fn events_analytics(&self) -> String {
-        self.name("events.analytics")
+        self.name(AnalyticsEvent::TOPIC)
     }
 
     /// Confirmed orders, all on one partition: the analytics' windows are complete in one task.

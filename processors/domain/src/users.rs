@@ -26,6 +26,7 @@ use tributary_schemas::domain::{
 use tributary_schemas::types::Envelope;
 use tributary_streams::{Context, Processor, Record};
 
+use crate::app::{clones, App, Build, Building};
 use crate::common::{first_time, load, save, Wire};
 use crate::error::{ProcessorError, Result};
 use crate::topics::Topics;
@@ -479,5 +480,26 @@ impl Processor for UsersProcessor {
             Err(ProcessorError::UnexpectedTopic(record.id()))
         };
         Ok(r?)
+    }
+}
+
+/// The `users` app.
+pub(crate) struct UsersApp;
+
+impl App for UsersApp {
+    fn name(&self) -> &'static str {
+        "users"
+    }
+
+    fn inputs(&self, topics: &Topics) -> Vec<String> {
+        UsersProcessor::inputs(topics)
+    }
+
+    fn stores(&self) -> Vec<&'static str> {
+        UsersProcessor::stores()
+    }
+
+    fn build<'a>(&'a self, b: Build<'a>) -> Building<'a> {
+        Box::pin(async move { Ok(clones(UsersProcessor::new(b.wire(), b.topics))) })
     }
 }

@@ -129,6 +129,26 @@ pub trait Processor: Send {
     fn close(&mut self) {}
 }
 
+/// A boxed processor is one, so apps chosen at run time (a table of them) can hand the
+/// builder a `Box<dyn Processor>`.
+impl<P: Processor + ?Sized> Processor for Box<P> {
+    fn process(&mut self, ctx: &mut Context<'_>, record: Record) -> Result<()> {
+        (**self).process(ctx, record)
+    }
+
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<()> {
+        (**self).init(ctx)
+    }
+
+    fn punctuate(&mut self, ctx: &mut Context<'_>, timer: &Timer) -> Result<()> {
+        (**self).punctuate(ctx, timer)
+    }
+
+    fn close(&mut self) {
+        (**self).close()
+    }
+}
+
 /// What a processor can touch while it runs: its task's stores, its outputs and its timers.
 pub struct Context<'a> {
     pub(crate) task: i32,

@@ -4,8 +4,9 @@
 //! tested without a broker or a registry.
 
 use tributary_schemas::types::{
-    AnalyticsEventEnvelope, InventoryEventEnvelope, NotificationEventEnvelope, OrderEventEnvelope,
-    PaymentEventEnvelope, UserEventEnvelope,
+    AnalyticsEvent, AnalyticsEventEnvelope, InventoryEvent, InventoryEventEnvelope,
+    NotificationEvent, NotificationEventEnvelope, OrderEvent, OrderEventEnvelope, PaymentEvent,
+    PaymentEventEnvelope, TopicPayload, UserEvent, UserEventEnvelope,
 };
 use tributary_schemas::{Codec, CodecError};
 
@@ -26,12 +27,12 @@ impl EventStream {
     /// The production topic of this stream.
     pub fn topic(self) -> &'static str {
         match self {
-            EventStream::Users => "events.users",
-            EventStream::Inventory => "events.inventory",
-            EventStream::Orders => "events.orders",
-            EventStream::Payments => "events.payments",
-            EventStream::Notifications => "events.notifications",
-            EventStream::Analytics => "events.analytics",
+            EventStream::Users => UserEvent::TOPIC,
+            EventStream::Inventory => InventoryEvent::TOPIC,
+            EventStream::Orders => OrderEvent::TOPIC,
+            EventStream::Payments => PaymentEvent::TOPIC,
+            EventStream::Notifications => NotificationEvent::TOPIC,
+            EventStream::Analytics => AnalyticsEvent::TOPIC,
         }
     }
 
