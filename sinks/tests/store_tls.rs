@@ -402,8 +402,7 @@ async fn mongodb_writer_over_tls_with_a_scram_user() {
                 serde_json::json!({"name": "x"}),
             )])
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(!e.to_string().contains(MONGO_PASSWORD), "{e}");
     }
     let anon = writer
@@ -513,7 +512,7 @@ async fn elasticsearch_client_sends_url_credentials_or_an_api_key() {
         "t-",
     )
     .expect("client");
-    let e = writer.write(&[patch()]).await.err().expect("unreachable");
+    let e = writer.write(&[patch()]).await.expect_err("unreachable");
     assert!(matches!(e, WriteError::Unavailable { .. }), "{e}");
     let text = e.to_string();
     assert!(
