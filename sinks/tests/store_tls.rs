@@ -520,3 +520,47 @@ async fn elasticsearch_client_sends_url_credentials_or_an_api_key() {
         "{text}"
     );
 }
+
+/// The local server ignores credentials, so this shows only that a URL carrying them (and the
+/// userinfo taken out of it) still reaches the server and writes: the views are created, the
+/// document is there.
+#[tokio::test]
+async fn elasticsearch_writer_with_url_credentials_writes_to_the_local_server() {
+    let base = tributary_runtime::config::ELASTICSEARCH_URL.get();
+    let mut url = elasticsearch::http::Url::parse(&base).expect("ELASTICSEARCH_URL");
+    url.set_username("elastic").expect("userinfo");
+    url.set_password(Some("p@ss-es-pw")).expect("userinfo");
+    let prefix = format!("{}-", unique_name("tributary-test-creds"));
+    let writer = EsWriter::connect(url.as_str(), prefix.clone()).expect("client");
+    es::migrate(writer.client(), &prefix)
+        .await
+        .expect("migrate");
+    let outcome = writer
+        .write(&[upsert(
+            "products",
+            "p-creds",
+            serde_json::json!({"name": "lamp", "stock": 5}),
+        )])
+        .await;
+    let found = match &outcome {
+        Ok(_) => {
+            let reply = writer
+                .client()
+                .send(
+                    elasticsearch::http::Method::Get,
+                    &format!("/{}/_doc/p-creds", writer.alias("products")),
+                    elasticsearch::http::headers::HeaderMap::new(),
+                    Option::<&()>::None,
+                    Option::<String>::None,
+                    None,
+                )
+                .await
+                .expect("get");
+            reply.json::<serde_json::Value>().await.unwrap_or_default()["found"] == true
+        }
+        Err(_) => false,
+    };
+    let _ = es::indices::drop_all(writer.client(), &prefix).await;
+    assert_eq!(outcome.expect("written").applied, 1);
+    assert!(found, "the document is in the server");
+}
