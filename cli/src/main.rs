@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod dlq;
 mod process;
 mod produce;
 mod rebuild;
@@ -54,6 +55,11 @@ enum Command {
     Reconcile(reconcile::Args),
     /// Build a fresh copy of a store's views (or all) from the event topics and swap it in.
     Rebuild(rebuild::Args),
+    /// Dead letters: list the DLQ topics, show their letters, replay them once the cause is fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::Command,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +93,7 @@ async fn main() -> std::process::ExitCode {
         Command::Summary(args) => summary::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Rebuild(args) => rebuild::run(args).await,
+        Command::Dlq { command } => dlq::run(command).await,
     };
     match result {
         Ok(code) => code,

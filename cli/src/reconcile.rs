@@ -50,9 +50,8 @@ pub struct Args {
 type Connected = (Arc<dyn Projection>, Arc<dyn ViewWriter>, Arc<dyn LiveStore>);
 
 /// The projection, writer and live view of `store`, connected as `tributary sink` does.
-async fn connect(args: &Args, store: Store) -> anyhow::Result<Connected> {
+async fn connect(s: &StoreArgs, store: Store) -> anyhow::Result<Connected> {
     use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
-    let s = &args.stores;
     Ok(match store {
         Store::Postgres => {
             let writer = s.postgres().await?;
@@ -98,20 +97,29 @@ async fn connect(args: &Args, store: Store) -> anyhow::Result<Connected> {
     })
 }
 
+/// How one store's run goes beyond the addresses.
+struct Options {
+    samples: usize,
+    repair: bool,
+    lock_wait: Duration,
+    allow_truncated_log: bool,
+}
+
 async fn one(
-    args: &Args,
+    stores: &StoreArgs,
+    options: &Options,
     store: Store,
     codec: &Codec,
     lock: redis::aio::ConnectionManager,
 ) -> anyhow::Result<Report> {
-    let (projection, writer, live) = connect(args, store).await?;
+    let (projection, writer, live) = connect(stores, store).await?;
     let mut config = ReconcileConfig::new(store.name());
-    config.brokers = args.stores.brokers.clone();
-    config.sources = args.stores.sources(projection.as_ref());
-    config.samples = args.samples;
-    config.repair = args.repair;
-    config.lock_wait = Duration::from_secs(args.lock_wait_secs);
-    config.allow_truncated_log = args.allow_truncated_log;
+    config.brokers = stores.brokers.clone();
+    config.sources = stores.sources(projection.as_ref());
+    config.samples = options.samples;
+    config.repair = options.repair;
+    config.lock_wait = options.lock_wait;
+    config.allow_truncated_log = options.allow_truncated_log;
     let bar = Bar::new(store.name());
     let parts = Parts {
         codec,
@@ -126,6 +134,45 @@ async fn one(
         .with_context(|| format!("reconciling {}", store.name()))
 }
 
+/// Repairs `store` from the log (`tributary dlq replay` re-drives a sink's dead letters so).
+/// A repair is refused when the log moved while it replayed; it is tried again a few times,
+/// since a live pipeline keeps appending.
+pub(crate) async fn repair_store(
+    stores: &StoreArgs,
+    store: Store,
+    codec: &Codec,
+    lock: redis::aio::ConnectionManager,
+) -> anyhow::Result<Report> {
+    let options = Options {
+        samples: 10,
+        repair: true,
+        lock_wait: Duration::from_secs(60),
+        allow_truncated_log: false,
+    };
+    let mut attempt = 1;
+    loop {
+        match one(stores, &options, store, codec, lock.clone()).await {
+            Err(e)
+                if attempt < 5
+                    && e.chain().any(|c| {
+                        matches!(
+                            c.downcast_ref::<reconcile::ReconcileError>(),
+                            Some(reconcile::ReconcileError::LogMoved { .. })
+                        )
+                    }) =>
+            {
+                tracing::info!(
+                    store = store.name(),
+                    attempt,
+                    "the log moved during the repair's replay; trying again"
+                );
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let lock = args.stores.lock_connection().await?;
     // No grace for unknown schema ids: a replay skips what the sink dead-lettered, as before
@@ -134,8 +181,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let registry = prometheus::Registry::new();
     let metrics = ReconcileMetrics::new(&registry).context("registering the metrics")?;
     let mut reports = Vec::new();
+    let options = Options {
+        samples: args.samples,
+        repair: args.repair,
+        lock_wait: Duration::from_secs(args.lock_wait_secs),
+        allow_truncated_log: args.allow_truncated_log,
+    };
     for store in args.store.each() {
-        let report = one(&args, store, &codec, lock.clone()).await?;
+        let report = one(&args.stores, &options, store, &codec, lock.clone()).await?;
         metrics.observe(&report);
         if !args.json {
             print!("{report}");

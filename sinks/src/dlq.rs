@@ -13,22 +13,14 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-pub const HEADER_SOURCE_TOPIC: &str = "dlq.source.topic";
-pub const HEADER_SOURCE_PARTITION: &str = "dlq.source.partition";
-pub const HEADER_SOURCE_OFFSET: &str = "dlq.source.offset";
-pub const HEADER_ERROR_CLASS: &str = "dlq.error.class";
-pub const HEADER_ERROR_MESSAGE: &str = "dlq.error.message";
-/// The source record's timestamp (ms since the epoch); the dead letter also carries it as its
-/// own timestamp.
-pub const HEADER_SOURCE_TIMESTAMP: &str = "dlq.source.timestamp";
-/// The consumer group that failed the record: several groups can read one topic and share its
-/// DLQ, this says whose dead letter it is.
-pub const HEADER_CONSUMER_GROUP: &str = "dlq.consumer.group";
-
-/// The DLQ topic of a source topic.
-pub fn dlq_topic(source: &str) -> String {
-    format!("{source}.dlq")
-}
+// The header names and the topic's name have one home, shared with the processors and
+// `tributary dlq`.
+pub use tributary_runtime::dlq::{
+    dlq_topic, CONSUMER_GROUP as HEADER_CONSUMER_GROUP, ERROR_CLASS as HEADER_ERROR_CLASS,
+    ERROR_MESSAGE as HEADER_ERROR_MESSAGE, SOURCE_OFFSET as HEADER_SOURCE_OFFSET,
+    SOURCE_PARTITION as HEADER_SOURCE_PARTITION, SOURCE_TIMESTAMP as HEADER_SOURCE_TIMESTAMP,
+    SOURCE_TOPIC as HEADER_SOURCE_TOPIC,
+};
 
 /// Why a record was dead-lettered; the value of the `dlq.error.class` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -114,28 +114,52 @@ impl Wire {
             &command.aggregate_id,
             &env,
         )?;
-        // The command itself goes to its topic's dead-letter topic too, with the headers the
-        // runtime's dead letters carry, so an operator finds every refused input in one place.
-        let mut headers: Vec<(String, Vec<u8>)> = vec![
-            ("dlq.error.class".into(), b"rejected".to_vec()),
-            ("dlq.error.message".into(), env_message(&env).into_bytes()),
-            ("dlq.rejection.reason".into(), reason_name.into_bytes()),
-        ];
-        if let Some((topic, partition, offset)) = ctx.input() {
-            headers.push(("dlq.source.topic".into(), topic.as_bytes().to_vec()));
+        // The command itself goes to its producer's dead-letter topic too, bytes untouched,
+        // with the runtime's dead-letter headers (the producer's partition, offset and key,
+        // whichever hop refused it), so an operator finds every refused input in one place.
+        let extra = vec![(
+            tributary_runtime::dlq::REJECTION_REASON.to_string(),
+            reason_name.into_bytes(),
+        )];
+        let message = env_message(&env);
+        // The record being processed is the command itself (straight from its topic or
+        // through a hop) unless the command was held and is refused on another record's
+        // arrival (a registration refused on its email claim's answer).
+        let input_is_command = ctx.input_origin().is_some_and(|o| o.topic == command_topic);
+        if !(input_is_command
+            && ctx.dead_letter(
+                tributary_runtime::dlq::REJECTED_CLASS,
+                &message,
+                extra.clone(),
+            ))
+        {
+            // The command as the processor kept it: its producer's partition and offset are
+            // not known here any more, its topic and the refusing group are.
+            let bytes = self.encode(command)?;
+            let mut headers = extra;
             headers.push((
-                "dlq.source.partition".into(),
-                partition.to_string().into_bytes(),
+                tributary_runtime::dlq::SOURCE_TOPIC.into(),
+                command_topic.as_bytes().to_vec(),
             ));
-            headers.push(("dlq.source.offset".into(), offset.to_string().into_bytes()));
+            headers.push((
+                tributary_runtime::dlq::CONSUMER_GROUP.into(),
+                ctx.application_id().as_bytes().to_vec(),
+            ));
+            headers.push((
+                tributary_runtime::dlq::ERROR_CLASS.into(),
+                tributary_runtime::dlq::REJECTED_CLASS.as_bytes().to_vec(),
+            ));
+            headers.push((
+                tributary_runtime::dlq::ERROR_MESSAGE.into(),
+                message.into_bytes(),
+            ));
+            ctx.forward_with_headers(
+                &tributary_runtime::dlq::dlq_topic(command_topic),
+                Some(command.aggregate_id.as_bytes()),
+                Some(&bytes),
+                headers,
+            );
         }
-        let bytes = self.encode(command)?;
-        ctx.forward_with_headers(
-            &format!("{command_topic}.dlq"),
-            Some(command.aggregate_id.as_bytes()),
-            Some(&bytes),
-            headers,
-        );
         Ok(())
     }
 }

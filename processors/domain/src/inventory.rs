@@ -503,13 +503,11 @@ impl Processor for InventoryProcessor {
             return Ok(self.apply(ctx, &record)?);
         }
         if record.topic == self.commands {
-            // The first hop: onto the ledger's single partition, bytes and headers unchanged.
-            ctx.forward_with_headers(
-                &self.ledger,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                record.headers.clone(),
-            );
+            // The first hop: checked (framing, schema), so a malformed command is dead-lettered
+            // at the producer's coordinates; then onto the ledger's single partition, bytes and
+            // headers unchanged plus the producer's coordinates.
+            let _: Envelope<InventoryCommand> = self.wire.decode(&record)?;
+            ctx.repartition(&self.ledger, record.key.as_deref(), record.value.as_deref());
             return Ok(());
         }
         Err(crate::error::ProcessorError::UnexpectedTopic(record.id()).into())

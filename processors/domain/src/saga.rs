@@ -10,7 +10,8 @@
 //!   timer (no final answer in time) ─► ReleaseStock [+ RefundPayment] ─► OrderCancelled(TIMEOUT)
 //! ```
 //!
-//! Inputs: `commands.orders` (forwarded unchanged to the internal `orders-saga` topic, see
+//! Inputs: `commands.orders` (checked, then forwarded unchanged to the internal `orders-saga`
+//! topic with the producer's coordinates in `tributary.origin.*` headers, see
 //! [`Topics::orders_saga`]), that topic, `events.inventory` and `events.payments`. Requests go
 //! out as commands on `commands.inventory` and `commands.payments`, keyed by the order id;
 //! inventory and payments answer keyed by the order id too, so with equal partition counts
@@ -576,12 +577,16 @@ impl Processor for OrderSaga {
     fn process(&mut self, ctx: &mut Context<'_>, record: Record) -> tributary_streams::Result<()> {
         let t = record.topic.as_str();
         if t == self.commands {
-            // The first hop: re-keyed by the runtime's partitioner, bytes and headers unchanged.
-            ctx.forward_with_headers(
+            // The first hop checks the framing and schema of what the producer wrote, so a
+            // malformed command is dead-lettered from `commands.orders` itself, at the
+            // producer's coordinates. It then goes on, bytes and headers unchanged plus the
+            // producer's coordinates (`Context::repartition`), re-keyed by the runtime's
+            // partitioner; a refusal on the next hop still names the producer's record.
+            let _: Envelope<OrderCommand> = self.wire.decode(&record)?;
+            ctx.repartition(
                 &self.repartitioned,
                 record.key.as_deref(),
                 record.value.as_deref(),
-                record.headers.clone(),
             );
             return Ok(());
         }

@@ -3,7 +3,7 @@
 //! Reads `commands.users` and writes `events.users` (keyed by user id) and `events.rejections`.
 //! Three hops inside one app:
 //!
-//! 1. `commands.users` is forwarded unchanged to the internal `users` topic, keyed by user id
+//! 1. `commands.users` is checked, then forwarded unchanged to the internal `users` topic, keyed by user id
 //!    with the runtime's partitioner (one user's commands stay in order).
 //! 2. On the `users` topic the user's task keeps the user. A `RegisterUser` makes the user
 //!    pending and sends a claim for its email to the internal `users-emails` topic, keyed by the
@@ -459,14 +459,12 @@ impl Processor for UsersProcessor {
     fn process(&mut self, ctx: &mut Context<'_>, record: Record) -> tributary_streams::Result<()> {
         let t = record.topic.as_str();
         if t == self.commands {
-            // The first hop: by user id, with the runtime's partitioner. The key is the user id
-            // for every command of the topic (its aggregate id).
-            ctx.forward_with_headers(
-                &self.by_id,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                record.headers.clone(),
-            );
+            // The first hop: checked (framing, schema), so a malformed command is dead-lettered
+            // at the producer's coordinates; then by user id, with the runtime's partitioner and
+            // the producer's coordinates in its headers. The key is the user id for every
+            // command of the topic (its aggregate id).
+            let _: Envelope<UserCommand> = self.wire.decode(&record)?;
+            ctx.repartition(&self.by_id, record.key.as_deref(), record.value.as_deref());
             return Ok(());
         }
         let r = if t == self.by_email {

@@ -178,7 +178,16 @@ async fn saga_paths_success_stock_out_decline_and_invalid() {
             header("dlq.rejection.reason").as_deref(),
             Some("ValidationFailed")
         );
-        assert!(header("dlq.source.topic").is_some() && header("dlq.source.offset").is_some());
+        // The producer's record, not the saga's internal hop that refused it.
+        assert_eq!(
+            header("dlq.source.topic"),
+            Some(p.cfg.topics.commands_orders())
+        );
+        assert!(header("dlq.source.offset").is_some() && header("dlq.hop.topic").is_some());
+        assert_eq!(
+            header("dlq.consumer.group"),
+            Some(DomainApp::Orders.application_id(&p.cfg))
+        );
     }
 
     let mut notes = p.reader::<NotificationEvent>(p.cfg.topics.events_notifications());
@@ -455,8 +464,9 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
         .iter()
         .any(|e| matches!(&e.payload, AnalyticsEvent::TopProducts(t) if !t.products.is_empty())));
 
-    // The garbage went through the repartition hop and was dead-lettered where it was decoded.
-    let dlq = format!("{}.dlq", p.cfg.topics.orders_saga());
+    // The garbage was checked by the first stage that read it and dead-lettered from the
+    // producer's own topic.
+    let dlq = format!("{}.dlq", p.cfg.topics.commands_orders());
     let dead = tokio::task::spawn_blocking(move || read_raw(&dlq, 1))
         .await
         .expect("reader");

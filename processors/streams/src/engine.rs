@@ -346,7 +346,7 @@ impl Engine {
                     if b.since.elapsed() >= limit {
                         tracing::error!(app, task = id, record = %b.record.id(), error = %b.error, "retries exhausted; record sent to the dead-letter topic");
                         let e = Error::rejected("retries-exhausted", b.error.clone());
-                        task.outputs.push(dead_letter(&b.record, &e));
+                        task.outputs.push(dead_letter(&b.record, &task.group, &e));
                         task.dead_letters += 1;
                         task.mark_consumed(&b.record);
                         self.after_unblock(consumer, id);
@@ -584,7 +584,12 @@ impl Engine {
             let store = KvStore::open(&dir, name, &self.cfg.changelog_topic(name), retention)?;
             stores.insert(name.to_string(), store);
         }
-        Ok(Task::new(id, (self.factory)(id), stores))
+        Ok(Task::new(
+            id,
+            Arc::from(self.cfg.application_id.as_str()),
+            (self.factory)(id),
+            stores,
+        ))
     }
 
     /// Makes the local copies durable now and then (their tail is otherwise re-read from the

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use crate::clock::Clock;
+use crate::dlq::{dead_letter_of, origin_of};
 use crate::error::{Error, Result};
-use crate::record::{Output, Position, Record};
+use crate::record::{Output, Record};
 use crate::store::KvStore;
 
 /// The store that keeps each task's timer schedule, so that timers survive restarts and move
@@ -133,7 +134,10 @@ pub struct Context<'a> {
     pub(crate) task: i32,
     pub(crate) stores: &'a mut HashMap<String, KvStore>,
     pub(crate) outputs: &'a mut Vec<Output>,
-    pub(crate) position: Option<Position>,
+    /// The record being processed; `None` while a timer fires.
+    pub(crate) input: Option<&'a Record>,
+    /// The application id: the consumer group named in dead letters.
+    pub(crate) group: &'a str,
     pub(crate) stream_time: i64,
     pub(crate) clock: &'a dyn Clock,
 }
@@ -147,9 +151,20 @@ impl Context<'_> {
     /// Where the record being processed came from, as `(topic, partition, offset)`; `None` while
     /// a timer fires.
     pub fn input(&self) -> Option<(&str, i32, i64)> {
-        self.position
-            .as_ref()
-            .map(|p| (p.topic.as_str(), p.partition, p.offset))
+        self.input
+            .map(|r| (r.topic.as_str(), r.partition, r.offset))
+    }
+
+    /// The record its producer wrote, of the record being processed: the one named by its
+    /// `tributary.origin.*` headers when it came through an internal hop, else itself; `None`
+    /// while a timer fires.
+    pub fn input_origin(&self) -> Option<tributary_runtime::dlq::Origin> {
+        self.input.map(origin_of)
+    }
+
+    /// The application id (the consumer group its dead letters name).
+    pub fn application_id(&self) -> &str {
+        self.group
     }
 
     /// The largest input timestamp this task has seen (ms), or `i64::MIN` before any.
@@ -231,6 +246,43 @@ impl Context<'_> {
             value: value.map(<[u8]>::to_vec),
             headers,
         });
+    }
+
+    /// Forwards onto an internal topic (a re-keying hop) with the current input's headers and
+    /// the coordinates of the record its producer wrote (`tributary.origin.*`; kept as they are
+    /// when the input itself came through a hop), so that a dead letter further on names the
+    /// producer's record. Outside a record (a timer), a plain forward.
+    pub fn repartition(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let headers = match self.input {
+            None => Vec::new(),
+            Some(r) => {
+                let mut h = r.headers.clone();
+                if tributary_runtime::dlq::Origin::from_headers(&h).is_none() {
+                    h.extend(origin_of(r).headers());
+                }
+                h
+            }
+        };
+        self.forward_with_headers(topic, key, value, headers);
+    }
+
+    /// Sends the current input, bytes untouched, to the dead-letter topic of the record its
+    /// producer wrote, with the runtime's `dlq.*` headers (class `class`, `message`) and
+    /// `extra` ones, while the record itself succeeds: for a processor that answers a command
+    /// (a `CommandRejected`) and also wants it where operators look for refused inputs. Like
+    /// any output, dropped if the record fails. False outside a record (a timer): nothing sent.
+    pub fn dead_letter(
+        &mut self,
+        class: &str,
+        message: &str,
+        extra: Vec<(String, Vec<u8>)>,
+    ) -> bool {
+        let Some(record) = self.input else {
+            return false;
+        };
+        let out = dead_letter_of(record, self.group, class, message, extra);
+        self.outputs.push(out);
+        true
     }
 
     /// Schedules (or moves) the timer `name` of this task to fire at `due_ms` on `kind`'s clock.

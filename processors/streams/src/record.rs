@@ -65,12 +65,3 @@ pub struct Output {
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
 }
-
-/// Where an input record sits: the tag the engine keeps beside every stored value so that a
-/// replayed record does not apply its writes twice (see `store`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Position {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}

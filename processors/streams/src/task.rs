@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
@@ -20,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::processor::{
     due_range, name_of_due_key, Context, Processor, TimeKind, Timer, TIMERS_STORE,
 };
-use crate::record::{Output, Position, Record};
+use crate::record::{Output, Record};
 use crate::store::KvStore;
 
 /// Most timers fired per task and loop: keeps one loop's work bounded when many come due at once.
@@ -39,6 +40,8 @@ pub(crate) struct Blocked {
 
 pub(crate) struct Task {
     pub id: i32,
+    /// The application id, named in dead letters as the consumer group that failed them.
+    pub group: Arc<str>,
     pub processor: Box<dyn Processor>,
     pub stores: HashMap<String, KvStore>,
     /// Outputs and dead letters of the batch not sent yet: at-least-once, the engine sends them
@@ -74,9 +77,15 @@ pub(crate) enum Outcome {
 }
 
 impl Task {
-    pub fn new(id: i32, processor: Box<dyn Processor>, stores: HashMap<String, KvStore>) -> Task {
+    pub fn new(
+        id: i32,
+        group: Arc<str>,
+        processor: Box<dyn Processor>,
+        stores: HashMap<String, KvStore>,
+    ) -> Task {
         Task {
             id,
+            group,
             processor,
             stores,
             outputs: Vec::new(),
@@ -105,7 +114,7 @@ impl Task {
     /// returned as [`Error::Panic`].
     pub fn attempt(
         &mut self,
-        position: Option<Position>,
+        input: Option<&Record>,
         clock: &dyn Clock,
         f: impl FnOnce(&mut dyn Processor, &mut Context<'_>) -> Result<()>,
     ) -> Result<()> {
@@ -115,7 +124,8 @@ impl Task {
                 task: self.id,
                 stores: &mut self.stores,
                 outputs: &mut staged,
-                position,
+                input,
+                group: &self.group,
                 stream_time: self.stream_time,
                 clock,
             };
@@ -146,18 +156,13 @@ impl Task {
         if let Some(ts) = record.timestamp {
             self.stream_time = self.stream_time.max(ts);
         }
-        let position = Position {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-        };
         let input = record.clone();
-        match self.attempt(Some(position), clock, |p, ctx| p.process(ctx, input)) {
+        match self.attempt(Some(record), clock, |p, ctx| p.process(ctx, input)) {
             Ok(()) => {}
             Err(e) if e.retriable() => return Outcome::Retry(e),
             Err(e) => {
                 tracing::warn!(record = %record.id(), class = e.class(), error = %e, "record sent to the dead-letter topic");
-                self.outputs.push(dead_letter(record, &e));
+                self.outputs.push(dead_letter(record, &self.group, &e));
                 self.dead_letters += 1;
             }
         }
@@ -240,7 +245,7 @@ impl Task {
                 }
                 Err(e) => {
                     tracing::error!(task = self.id, timer = %timer.name, class = e.class(), error = %e, "timer failed; sent to the dead-letter topic");
-                    let out = dead_timer(dlq, self.id, &timer, &e);
+                    let out = dead_timer(dlq, &self.group, self.id, &timer, &e);
                     let removed = self.attempt(None, clock, |_, ctx| {
                         ctx.cancel(&timer.name)?;
                         ctx.forward_with_headers(

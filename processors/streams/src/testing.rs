@@ -13,6 +13,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, ManualClock};
@@ -87,7 +88,7 @@ impl TestDriver {
                     KvStore::open(&dir, name, &format!("test-{name}-changelog"), retention)?,
                 );
             }
-            let mut task = Task::new(id, (self.factory)(id), stores);
+            let mut task = Task::new(id, Arc::from("test"), (self.factory)(id), stores);
             task.ready = true;
             task.attempt(None, &self.clock, |p, ctx| p.init(ctx))?;
             self.tasks.insert(id, task);
