@@ -371,7 +371,8 @@ async fn describe(codec: &Codec, value: Option<&[u8]>) -> serde_json::Value {
 async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let topic = dlq_name(&args.topic);
     let (_, letters) = load(&args.brokers, &args.topic_prefix, &topic, args.pending).await?;
-    let codec = Codec::new(&args.registry);
+    // Showing is not processing: an id the registry does not know is shown as bytes at once.
+    let codec = Codec::new(&args.registry).with_unknown_schema_grace(Duration::ZERO);
     let mut out = Vec::new();
     for l in letters
         .iter()
@@ -559,7 +560,8 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 
     let mut drift_left = 0;
     if !stores.is_empty() {
-        let codec = Codec::new(&args.stores.registry);
+        // As `reconcile` replays: what the sink dead-lettered for an unknown id is skipped.
+        let codec = Codec::new(&args.stores.registry).with_unknown_schema_grace(Duration::ZERO);
         let lock = args.stores.lock_connection().await?;
         for (name, (store, n)) in &stores {
             let report = crate::reconcile::repair_store(&args.stores, *store, &codec, lock.clone())

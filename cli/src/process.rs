@@ -22,6 +22,10 @@ pub struct Args {
     brokers: String,
     #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
     registry: String,
+    /// Seconds a schema id the registry does not know is retried (with back-off) before the
+    /// records that use it are dead-lettered: a registry failing over is not bad data.
+    #[arg(long, env = "TRIBUTARY_UNKNOWN_SCHEMA_GRACE", default_value_t = 60)]
+    unknown_schema_grace: u64,
     /// Root of the local state stores (one folder per application and task).
     #[arg(long, env = "TRIBUTARY_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -86,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.topics = tributary_processors::Topics::new(&args.topic_prefix);
     cfg.brokers = args.brokers.clone();
     cfg.registry_url = args.registry.clone();
+    cfg.unknown_schema_grace = Duration::from_secs(args.unknown_schema_grace);
     if let Some(dir) = &args.state_dir {
         cfg.state_dir = dir.clone();
     }

@@ -130,6 +130,10 @@ pub struct GatewayArgs {
     /// Prefix of the Redis keys the gateway reads and writes.
     #[arg(long, default_value = "tributary:v1:")]
     key_prefix: String,
+    /// How long an `Idempotency-Key` is remembered, in seconds (a retry after that is sent
+    /// as a new command).
+    #[arg(long, default_value_t = 24 * 3600)]
+    idempotency_ttl_secs: u64,
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
@@ -141,7 +145,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     .context("loading the gateway's credentials")?
     .with_issuer(args.jwt_issuer.clone())
     .with_audience(args.jwt_audience.clone());
-    let client = redis::Client::open(args.redis.as_str())
+    let client = tributary_sinks::redis::client(&args.redis)
         .with_context(|| format!("redis URL {}", redact::url(&args.redis)))?;
     let redis = redis::aio::ConnectionManager::new(client)
         .await
@@ -158,6 +162,11 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             max: args.rate_limit,
             window: Duration::from_secs(args.rate_window_secs.max(1)),
             prefix: format!("{}ratelimit:", args.key_prefix),
+        }),
+        idempotency: Some(tributary_producers::gateway::Idempotency {
+            redis: redis.clone(),
+            prefix: format!("{}idempotency:", args.key_prefix),
+            ttl: Duration::from_secs(args.idempotency_ttl_secs.max(1)),
         }),
         order_view: Some((redis, args.key_prefix.clone())),
         ..config

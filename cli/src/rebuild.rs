@@ -129,7 +129,9 @@ async fn one(
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let lock = args.stores.lock_connection().await?;
-    let codec = Codec::new(&args.stores.registry);
+    // No grace for unknown schema ids: a replay skips what the sink dead-lettered, as before
+    // (the replay still waits out an unreachable registry).
+    let codec = Codec::new(&args.stores.registry).with_unknown_schema_grace(Duration::ZERO);
     let mut reports = Vec::new();
     for store in args.store.each() {
         let report = one(&args, store, &codec, lock.clone()).await?;

@@ -175,7 +175,9 @@ pub(crate) async fn repair_store(
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let lock = args.stores.lock_connection().await?;
-    let codec = Codec::new(&args.stores.registry);
+    // No grace for unknown schema ids: a replay skips what the sink dead-lettered, as before
+    // (the replay still waits out an unreachable registry).
+    let codec = Codec::new(&args.stores.registry).with_unknown_schema_grace(Duration::ZERO);
     let registry = prometheus::Registry::new();
     let metrics = ReconcileMetrics::new(&registry).context("registering the metrics")?;
     let mut reports = Vec::new();

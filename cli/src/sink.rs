@@ -35,6 +35,10 @@ pub struct Args {
     brokers: String,
     #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
     registry: String,
+    /// Seconds a schema id the registry does not know is retried (with back-off) before the
+    /// records that use it are dead-lettered: a registry failing over is not bad data.
+    #[arg(long, env = "TRIBUTARY_UNKNOWN_SCHEMA_GRACE", default_value_t = 60)]
+    unknown_schema_grace: u64,
     /// Address of the store; defaults to its TRIBUTARY_* variable.
     #[arg(long)]
     url: Option<String>,
@@ -162,10 +166,10 @@ async fn connect(args: &Args) -> anyhow::Result<Connected> {
         Store::Elasticsearch => {
             let u = url(&ELASTICSEARCH_URL);
             let writer = es::EsWriter::connect(&u, args.index_prefix.clone())
-                .with_context(|| format!("connecting to Elasticsearch at {u}"))?;
+                .with_context(|| format!("connecting to Elasticsearch at {}", redact::url(&u)))?;
             es::migrate(writer.client(), &args.index_prefix)
                 .await
-                .with_context(|| format!("creating the indices at {u}"))?;
+                .with_context(|| format!("creating the indices at {}", redact::url(&u)))?;
             let aliases = es::indices::INDICES
                 .iter()
                 .map(|spec| writer.alias(spec.view))
@@ -219,7 +223,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.dlq_pause_ratio = args.dlq_pause_ratio;
     config.dlq_pause_min = args.dlq_pause_min;
     config.dlq_pause_window = args.dlq_pause_window.max(1);
-    let codec = Arc::new(Codec::new(&args.registry));
+    let codec = Arc::new(
+        Codec::new(&args.registry)
+            .with_unknown_schema_grace(Duration::from_secs(args.unknown_schema_grace)),
+    );
     let sink = Sink::new(config, codec, projection, writer, &metrics);
 
     let stop = shared_shutdown();

@@ -156,7 +156,7 @@ impl StoreArgs {
 
     /// The connection that holds the per-store lock.
     pub async fn lock_connection(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        let client = redis::Client::open(self.redis_url.as_str())
+        let client = rd::client(&self.redis_url)
             .with_context(|| format!("invalid Redis url {}", redact::url(&self.redis_url)))?;
         redis::aio::ConnectionManager::new(client)
             .await

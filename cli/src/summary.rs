@@ -142,7 +142,7 @@ async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
         }),
     };
     add("mongodb", mongo, MONGODB_URL.get());
-    let redis = match redis::Client::open(REDIS_URL.get()) {
+    let redis = match tributary_sinks::redis::client(&REDIS_URL.get()) {
         Ok(client) => match client.get_multiplexed_async_connection().await {
             Ok(mut conn) => growth::redis(&mut conn, &args.key_prefix).await,
             Err(e) => Err(GrowthError {

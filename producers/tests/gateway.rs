@@ -665,3 +665,125 @@ async fn timeout_in_flight_cap_and_failed_authentications_per_ip() {
     assert_eq!(resp.status(), 503);
     reg.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn command_ids_are_the_gateways_and_idempotency_keys_answer_duplicates() {
+    let brokers = KAFKA_BROKERS.get();
+    let reg = tributary_registry::start(RegistryConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        brokers: brokers.clone(),
+        topic: unique_name("_schemas-gateway-ids"),
+        max_body_bytes: 1 << 20,
+        default_compatibility: Compatibility::Backward,
+    })
+    .await
+    .unwrap();
+    let codec = Arc::new(Codec::new(&format!("http://{}", reg.addr)));
+    let prefix = format!("{}.", unique_name("gw-ids"));
+    let orders_topic = format!("{prefix}commands.orders");
+    let one = TopicSpec {
+        partitions: 1,
+        compacted: false,
+    };
+    ensure_topic(&brokers, &orders_topic, one).await.unwrap();
+    let redis = redis::Client::open(REDIS_URL.get()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(redis).await.unwrap();
+    let key_prefix = format!("{}:", unique_name("tributary-test"));
+    let sender = Arc::new(CommandSender::new(&brokers, codec.clone(), &prefix).unwrap());
+    let config = GatewayConfig {
+        idempotency: Some(gateway::Idempotency {
+            redis: conn.clone(),
+            prefix: format!("{key_prefix}idempotency:"),
+            ttl: Duration::from_secs(600),
+        }),
+        ..GatewayConfig::new("127.0.0.1:0".parse().unwrap(), authenticator())
+    };
+    let addr = serve(sender, config).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/commands/commands.orders");
+    let (u1, u2) = (token("u-1", &[]), token("u-2", &[]));
+    let post = |token: &str, body: &Value, key: Option<&str>| {
+        let mut req = http.post(&url).bearer_auth(token).json(body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send()
+    };
+
+    // A client-chosen id is refused, and nothing is written.
+    let mut with_id = place_order("o-1", "u-1");
+    with_id["id"] = json!("my-own-id");
+    let resp = post(&u1, &with_id, None).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("Idempotency-Key"),
+        "{body}"
+    );
+    assert_eq!(end_offset(&brokers, &orders_topic), 0);
+
+    // Without a key, two identical requests are two commands with two server-made ids.
+    let a: Value = post(&u1, &place_order("o-1", "u-1"), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Value = post(&u1, &place_order("o-1", "u-1"), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(a["command_id"], b["command_id"]);
+    assert!(
+        uuid::Uuid::parse_str(a["command_id"].as_str().unwrap()).is_ok(),
+        "{a}"
+    );
+    assert_eq!(end_offset(&brokers, &orders_topic), 2);
+
+    // With a key: the first is sent (202); its retry writes nothing and says it is a
+    // duplicate of the first, with the first's id.
+    let first = post(&u1, &place_order("o-2", "u-1"), Some("retry-key-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+    let again = post(&u1, &place_order("o-2", "u-1"), Some("retry-key-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["command_id"], first["command_id"]);
+    assert_eq!(end_offset(&brokers, &orders_topic), 3);
+    // The one record on the log carries the id the caller was given.
+    let (key, bytes) = tokio::task::spawn_blocking({
+        let (b, t) = (brokers.clone(), orders_topic.clone());
+        move || record_at(&b, &t, 0, 2)
+    })
+    .await
+    .unwrap();
+    assert_eq!(key, "o-2");
+    let env: Envelope<OrderCommand> = codec.decode(&bytes).await.unwrap();
+    assert_eq!(env.id, first["command_id"].as_str().unwrap());
+
+    // The same key with another body is a client bug: 422, nothing written.
+    let other = post(&u1, &place_order("o-3", "u-1"), Some("retry-key-1"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 422);
+    // Keys are per principal: u-2's identical key is its own, and is sent.
+    let theirs = post(&u2, &place_order("o-2", "u-2"), Some("retry-key-1"))
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 202);
+    // A key that is not a plain header value of at most 256 bytes is refused.
+    let long = "k".repeat(300);
+    let resp = post(&u1, &place_order("o-4", "u-1"), Some(&long))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(end_offset(&brokers, &orders_topic), 4);
+}

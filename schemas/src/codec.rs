@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -46,6 +47,15 @@ pub enum CodecError {
     WrongMagicByte { found: u8 },
     #[error("schema id {id} is not known to the schema registry")]
     UnknownSchemaId { id: u32 },
+    /// An id the registry does not know (yet): within the codec's grace period (see
+    /// [`Codec::with_unknown_schema_grace`]) this is retried, since a registry that failed over
+    /// to a replica still reading `_schemas` answers 404 for ids the old one handed out.
+    #[error("schema id {id} is not known to the schema registry yet (unknown for {unknown_for:?}; dead-lettered after {grace:?})")]
+    UnknownSchemaIdInGrace {
+        id: u32,
+        unknown_for: Duration,
+        grace: Duration,
+    },
     #[error("schema registry unavailable while {doing}: {reason}")]
     RegistryUnavailable { doing: String, reason: String },
     #[error("schema registry refused {doing}: {reason}")]
@@ -67,10 +77,14 @@ pub enum CodecError {
 }
 
 impl CodecError {
-    /// Only an unreachable registry is worth a retry; every other error is a property of the
-    /// record (or of the schemas) and belongs in a dead-letter topic.
+    /// An unreachable registry, or an id unknown for less than the grace period, is worth a
+    /// retry; every other error is a property of the record (or of the schemas) and belongs in
+    /// a dead-letter topic.
     pub fn retriable(&self) -> bool {
-        matches!(self, CodecError::RegistryUnavailable { .. })
+        matches!(
+            self,
+            CodecError::RegistryUnavailable { .. } | CodecError::UnknownSchemaIdInGrace { .. }
+        )
     }
 }
 
@@ -138,7 +152,16 @@ pub struct Codec {
     /// Whether writer schema `id` can be read with a `'static` reader schema: checked once per
     /// pair, since the answer never changes for registered schemas.
     verdicts: Mutex<HashMap<(u32, usize), Result<Same, String>>>,
+    /// How long an id the registry answers 404 for counts as not yet known (retriable) rather
+    /// than unknown (dead-lettered).
+    unknown_grace: Duration,
+    /// When each id still unknown was first answered 404; an id leaves once the registry knows
+    /// it. Bounded by the ids found in records, at most one entry each.
+    unknown_since: Mutex<HashMap<u32, Instant>>,
 }
+
+/// The default of [`Codec::with_unknown_schema_grace`].
+pub const DEFAULT_UNKNOWN_SCHEMA_GRACE: Duration = Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -162,7 +185,18 @@ impl Codec {
             writers: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
             verdicts: Mutex::new(HashMap::new()),
+            unknown_grace: DEFAULT_UNKNOWN_SCHEMA_GRACE,
+            unknown_since: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long a schema id the registry does not know is retried before records that use it
+    /// are dead-lettered (default [`DEFAULT_UNKNOWN_SCHEMA_GRACE`]; zero dead-letters at once).
+    /// The clock starts at the first 404 for the id in this process; once the grace is over,
+    /// later records with the id dead-letter without waiting, until the registry knows it.
+    pub fn with_unknown_schema_grace(mut self, grace: Duration) -> Codec {
+        self.unknown_grace = grace;
+        self
     }
 
     /// Encodes `value` for `topic` with `schema_text`, registering the schema under
@@ -287,10 +321,16 @@ impl Codec {
         if let Some(plan) = lock(&self.writers).get(&id) {
             return Ok(plan);
         }
-        let registered = self.decoder.get_schema(id).await.map_err(|e| {
-            self.decoder.remove_errors_from_cache();
-            classify_lookup(id, e)
-        })?;
+        let registered = match self.decoder.get_schema(id).await {
+            Ok(registered) => {
+                lock(&self.unknown_since).remove(&id);
+                registered
+            }
+            Err(e) => {
+                self.decoder.remove_errors_from_cache();
+                return Err(self.within_grace(classify_lookup(id, e)));
+            }
+        };
         let invalid = |reason: String| CodecError::Registry {
             doing: format!("preparing schema id {id}"),
             reason,
@@ -309,6 +349,25 @@ impl Codec {
                 names,
             }))
         }))
+    }
+
+    /// Turns an unknown id into [`CodecError::UnknownSchemaIdInGrace`] while its grace lasts.
+    fn within_grace(&self, e: CodecError) -> CodecError {
+        let CodecError::UnknownSchemaId { id } = e else {
+            return e;
+        };
+        let now = Instant::now();
+        let since = *lock(&self.unknown_since).entry(id).or_insert(now);
+        let unknown_for = now.saturating_duration_since(since);
+        if unknown_for < self.unknown_grace {
+            CodecError::UnknownSchemaIdInGrace {
+                id,
+                unknown_for,
+                grace: self.unknown_grace,
+            }
+        } else {
+            e
+        }
     }
 
     fn reader_names(&self, reader: &'static Schema) -> Result<&'static Named<'static>, String> {

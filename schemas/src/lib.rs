@@ -20,6 +20,6 @@ pub mod registry_auth;
 mod resolve;
 pub mod types;
 
-pub use codec::{Codec, CodecError};
+pub use codec::{Codec, CodecError, DEFAULT_UNKNOWN_SCHEMA_GRACE};
 pub use registry_auth::RegistryEndpoint;
 pub use types::{AvroRecord, DomainError};

@@ -179,8 +179,18 @@ async fn malformed_input_gets_typed_errors() {
         "{err}"
     );
 
+    // An unknown id is retriable during the grace period (a registry failover), and a data
+    // error once it is over (zero here).
     let unknown = frame(id + 1000, &good[5..]);
     let err = codec.decode_value(&unknown, None).await.unwrap_err();
+    assert!(
+        matches!(err, CodecError::UnknownSchemaIdInGrace { id: i, .. } if i == id + 1000),
+        "{err}"
+    );
+    assert!(err.retriable());
+    let impatient = Codec::new(&format!("http://{}", reg.addr))
+        .with_unknown_schema_grace(std::time::Duration::ZERO);
+    let err = impatient.decode_value(&unknown, None).await.unwrap_err();
     assert!(
         matches!(err, CodecError::UnknownSchemaId { id: i } if i == id + 1000),
         "{err}"

@@ -24,6 +24,9 @@ use crate::topics::Topics;
 pub struct DomainConfig {
     pub brokers: String,
     pub registry_url: String,
+    /// How long a schema id the registry does not know is retried before the record is
+    /// dead-lettered (a registry failover is not bad data).
+    pub unknown_schema_grace: Duration,
     /// Topic names (and, through their prefix, the application ids).
     pub topics: Topics,
     /// Root of the local state stores.
@@ -57,6 +60,7 @@ impl DomainConfig {
         DomainConfig {
             brokers: KAFKA_BROKERS.get(),
             registry_url: SCHEMA_REGISTRY_URL.get(),
+            unknown_schema_grace: tributary_schemas::DEFAULT_UNKNOWN_SCHEMA_GRACE,
             topics: Topics::default(),
             state_dir: std::env::temp_dir().join("tributary-processors"),
             partitions: 3,
@@ -219,7 +223,9 @@ impl DomainApp {
         if cfg.create_topics {
             cfg.topics.ensure(&cfg.brokers, cfg.partitions).await?;
         }
-        let codec = Arc::new(Codec::new(&cfg.registry_url));
+        let codec = Arc::new(
+            Codec::new(&cfg.registry_url).with_unknown_schema_grace(cfg.unknown_schema_grace),
+        );
         let topics = cfg.topics.clone();
         let mut b = StreamsApp::builder(&self.application_id(cfg))
             .brokers(&cfg.brokers)

@@ -99,3 +99,34 @@ impl From<ProcessorError> for tributary_streams::Error {
 }
 
 pub type Result<T, E = ProcessorError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry failover is not bad data: an unknown schema id within its grace becomes a
+    /// transient error (the runtime retries the record), and a rejection once the grace is over.
+    #[test]
+    fn an_unknown_schema_id_is_transient_within_its_grace() {
+        let decode = |source| ProcessorError::Decode {
+            record: "commands.orders/0@5".into(),
+            source,
+        };
+        let waiting = decode(CodecError::UnknownSchemaIdInGrace {
+            id: 7,
+            unknown_for: Duration::from_secs(1),
+            grace: Duration::from_secs(60),
+        });
+        assert!(waiting.retriable());
+        assert!(matches!(
+            tributary_streams::Error::from(waiting),
+            tributary_streams::Error::Transient(_)
+        ));
+        let unknown = decode(CodecError::UnknownSchemaId { id: 7 });
+        assert!(!unknown.retriable());
+        assert!(matches!(
+            tributary_streams::Error::from(unknown),
+            tributary_streams::Error::Rejected { .. }
+        ));
+    }
+}

@@ -196,6 +196,9 @@ fn assert_dead_lettered(topic: &str, key: &str, group: &str, written: &[Written]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_records_on_every_command_topic_are_dead_lettered_at_their_producers_coordinates() {
     let mut p = Pipeline::new("command-dlq", Duration::from_secs(30)).await;
+    // An unknown schema id is retried for this long (a registry failing over) before it is
+    // dead-lettered; the default minute would only make the test slow.
+    p.cfg.unknown_schema_grace = Duration::from_secs(2);
     for app in [
         DomainApp::Users,
         DomainApp::Inventory,

@@ -136,5 +136,15 @@ mod tests {
         let decode = Error::from(tributary_schemas::CodecError::TooShort { len: 2 });
         assert!(!decode.retriable());
         assert_eq!(decode.class(), "decode");
+        // An unknown schema id is retried while its grace lasts, dead-lettered after.
+        use std::time::Duration;
+        let waiting = Error::from(tributary_schemas::CodecError::UnknownSchemaIdInGrace {
+            id: 7,
+            unknown_for: Duration::from_secs(1),
+            grace: Duration::from_secs(60),
+        });
+        assert!(waiting.retriable());
+        let unknown = Error::from(tributary_schemas::CodecError::UnknownSchemaId { id: 7 });
+        assert!(!unknown.retriable());
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP command gateway: the pipeline's public door.
 //!
 //! - `POST /commands/{topic}`: a command as JSON (see [`crate::command`]) → `202 Accepted` with
-//!   the command id once the broker has acknowledged the record; `400` with the reason for input
+//!   the command id (the gateway's own) once the broker has acknowledged the record; `200` with
+//!   `"duplicate": true` for a repeat of an `Idempotency-Key`; `400` with the reason for input
 //!   that does not fit; `401` without valid credentials; `403` for a command the caller may not
 //!   send; `413` for bodies over the limit; `429` when the caller is over their rate; `503` when
 //!   the gateway is saturated or the broker does not answer within the request timeout.
@@ -38,9 +39,20 @@
 //!   (`X-Forwarded-For` is not trusted: behind a proxy, all callers share the proxy's budget).
 //! - A request timeout and a cap on requests in progress (tower layers): over the cap the
 //!   answer is an immediate `503` rather than a queue; past the timeout `503` too. A command
-//!   whose request timed out may still have been written: retry it with the same `id`.
+//!   whose request timed out may still have been written: retry it with the same
+//!   `Idempotency-Key`.
+//!
+//! # Command ids
+//!
+//! The gateway assigns every command's id (a UUID, in the `202`'s `command_id`); a body that
+//! names an `id` is refused with `400`, since a client-chosen id could collide with another
+//! command's and be dropped downstream as its duplicate. To retry safely a client sends an
+//! `Idempotency-Key` header ([`idempotency`]): a repeat of a request with the same key and
+//! body within the key's TTL writes nothing and is answered `200` with `"duplicate": true` and
+//! the first request's `command_id`; the same key with another body is `422`.
 
 pub mod auth;
+pub mod idempotency;
 pub mod policy;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -50,7 +62,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -64,6 +76,8 @@ use tower::ServiceBuilder;
 use crate::command::Command;
 use crate::sender::CommandSender;
 use auth::{Authenticator, Principal};
+use idempotency::Claim;
+pub use idempotency::Idempotency;
 use policy::Access;
 use tributary_schemas::domain::RejectionReason;
 
@@ -168,6 +182,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub rate_limit: Option<RateLimit>,
+    /// Idempotency keys (the `Idempotency-Key` header); without it the header is refused.
+    pub idempotency: Option<Idempotency>,
     /// Redis connection and key prefix of the order-status view (`<prefix>order:<id>` hashes).
     pub order_view: Option<(ConnectionManager, String)>,
     /// Registry the gateway's metrics are kept in and `/metrics` serves.
@@ -189,6 +205,7 @@ impl GatewayConfig {
             listen,
             max_body_bytes: 64 * 1024,
             rate_limit: None,
+            idempotency: None,
             order_view: None,
             metrics: Registry::new(),
             auth: Arc::new(auth),
@@ -335,10 +352,12 @@ async fn post_command(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(topic): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let started = Instant::now();
-    let (command, outcome, response) = handle_command(&state, &principal, &topic, &body).await;
+    let key = headers.get(idempotency::HEADER);
+    let (command, outcome, response) = handle_command(&state, &principal, &topic, key, &body).await;
     state.metrics.record(command, outcome, started);
     response
 }
@@ -389,10 +408,26 @@ async fn handle_command(
     state: &AppState,
     principal: &Principal,
     topic: &str,
+    idempotency_key: Option<&HeaderValue>,
     body: &[u8],
 ) -> (&'static str, &'static str, Response) {
     const INVALID: &str = "invalid";
     let topic = topic.to_string();
+    let idempotency_key = match idempotency_key.map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if crate::command::id_problem(k).is_none() && !k.is_empty() => Some(k),
+        Some(_) => {
+            let msg = format!(
+                "the Idempotency-Key header must be 1 to {} bytes of visible ASCII",
+                crate::command::MAX_ID_BYTES
+            );
+            return (
+                "unknown",
+                INVALID,
+                error(StatusCode::BAD_REQUEST, msg, &topic),
+            );
+        }
+    };
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
         Err(_) => {
@@ -415,6 +450,17 @@ async fn handle_command(
             return ("unknown", "forbidden", forbidden(principal, &name, &topic));
         }
         user = assign_user(&mut value, &name, principal);
+    }
+    // The gateway assigns command ids: a client-chosen one could collide with (and so be
+    // dropped as a duplicate of) someone else's command. Retries use an Idempotency-Key.
+    if value.get("id").is_some_and(|v| !v.is_null()) {
+        let msg = "`id` is assigned by the gateway; to retry a command safely send an \
+                   `Idempotency-Key` header";
+        return (
+            "unknown",
+            INVALID,
+            error(StatusCode::BAD_REQUEST, msg, &topic),
+        );
     }
     let command = match Command::from_json(&topic, value) {
         Ok(c) => c,
@@ -470,7 +516,43 @@ async fn handle_command(
             }
         }
     }
-    match state.sender.send(&command).await {
+    if let Some(key) = idempotency_key {
+        let Some(store) = &state.config.idempotency else {
+            let msg = "this gateway does not keep idempotency keys";
+            return (name, INVALID, error(StatusCode::BAD_REQUEST, msg, &topic));
+        };
+        match store.claim(&principal.id, key, body, command.id()).await {
+            Ok(Claim::Claimed) => {}
+            Ok(Claim::Duplicate { command_id }) => {
+                // Already sent (or being sent) under this key: nothing is written again.
+                let body = Json(json!({
+                    "duplicate": true,
+                    "command_id": command_id,
+                    "command": name,
+                    "principal": principal.id,
+                    "user_id": user,
+                }));
+                return (name, "duplicate", (StatusCode::OK, body).into_response());
+            }
+            Ok(Claim::Conflict { command_id }) => {
+                let msg = format!(
+                    "Idempotency-Key `{key}` was used for another request (command {command_id})"
+                );
+                let r = error(StatusCode::UNPROCESSABLE_ENTITY, msg, &topic);
+                return (name, "conflict", r);
+            }
+            Err(e) => {
+                let msg = format!("idempotency keys unavailable: {e}");
+                let r = error(StatusCode::SERVICE_UNAVAILABLE, msg, &topic);
+                return (name, "unavailable", r);
+            }
+        }
+    }
+    let sent = state.sender.send(&command).await;
+    if let (Err(_), Some(key), Some(store)) = (&sent, idempotency_key, &state.config.idempotency) {
+        store.release(&principal.id, key).await;
+    }
+    match sent {
         Ok(d) => {
             let body = Json(json!({
                 "command_id": command.id(),
@@ -480,6 +562,7 @@ async fn handle_command(
                 "topic": state.sender.topic_for(&command),
                 "partition": d.partition,
                 "offset": d.offset,
+                "duplicate": false,
             }));
             (
                 name,

@@ -15,10 +15,12 @@
 //! [`Change`]: crate::change::Change
 //! [`ViewWriter`]: crate::change::ViewWriter
 
+pub mod connect;
 pub mod indices;
 pub mod projection;
 pub mod writer;
 
+pub use connect::{client, EsSecurity};
 pub use indices::{migrate, IndexError, IndexReport};
 pub use writer::EsWriter;
 

@@ -24,13 +24,10 @@
 //! versioned delete recreates the document there. Within one key the topic's order makes that
 //! harmless (a redelivery replays up to and including the delete again).
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
-use elasticsearch::http::{Method, Url};
+use elasticsearch::http::Method;
 use elasticsearch::Elasticsearch;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 use super::indices::call;
 use super::projection::TOMBSTONE_VERSION;
@@ -47,26 +44,10 @@ pub struct EsWriter {
 }
 
 impl EsWriter {
-    /// A writer to the server at `url`, writing to aliases `<prefix><view>`.
-    ///
-    /// The request timeout is bounded (30 s) so a hung server surfaces as
-    /// [`WriteError::Unavailable`] instead of stalling the runner.
+    /// A writer to the server at `url`, writing to aliases `<prefix><view>`; credentials, TLS
+    /// and timeouts as [`super::connect`] sets them.
     pub fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, WriteError> {
-        let url = Url::parse(url).map_err(|e| WriteError::Unavailable {
-            store: STORE,
-            message: format!(
-                "bad elasticsearch url `{}`: {e}",
-                tributary_runtime::redact::url(url)
-            ),
-        })?;
-        let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| WriteError::Unavailable {
-                store: STORE,
-                message: format!("cannot build the elasticsearch client: {e}"),
-            })?;
-        Ok(Self::new(Elasticsearch::new(transport), prefix))
+        Ok(Self::new(super::client(url)?, prefix))
     }
 
     /// A writer over an existing client.

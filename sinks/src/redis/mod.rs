@@ -7,10 +7,12 @@
 //!   applies a change only when its version is newer than the one stored in the hash.
 //! - [`lock`]: `SET NX PX` with a token, released by token.
 
+pub mod connect;
 pub mod lock;
 pub mod projection;
 pub mod writer;
 
+pub use connect::{client, REDIS_CA_VAR};
 pub use lock::RedisLock;
 pub use projection::RedisProjection;
 pub use writer::{RedisConfig, RedisSinkError, RedisWriter};

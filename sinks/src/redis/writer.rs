@@ -71,8 +71,12 @@ return 1
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://...`; defaults to `TRIBUTARY_REDIS_URL`.
+    /// `redis://...` or `rediss://...` (TLS), ACL user and password in the userinfo; defaults
+    /// to `TRIBUTARY_REDIS_URL`.
     pub url: String,
+    /// PEM file of the CAs a `rediss://` server is verified against instead of the system's
+    /// roots; defaults to `TRIBUTARY_REDIS_CA` (see [`super::connect`]).
+    pub ca_file: Option<String>,
     /// Prefix of every key, versioned so that a new layout can live beside the old one.
     pub prefix: String,
     /// How long a deleted entity's version is remembered.
@@ -86,6 +90,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: tributary_runtime::config::REDIS_URL.get(),
+            ca_file: super::connect::ca_from_env(),
             prefix: "tributary:v1".into(),
             tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             response_timeout: Duration::from_secs(5),
@@ -132,8 +137,8 @@ pub struct RedisWriter {
 impl RedisWriter {
     /// Connects (the connection manager reconnects by itself afterwards).
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisSinkError> {
-        let client =
-            ::redis::Client::open(config.url.as_str()).map_err(|source| RedisSinkError::Url {
+        let client = super::connect::client_with_ca(&config.url, config.ca_file.as_deref())
+            .map_err(|source| RedisSinkError::Url {
                 url: redact::url(&config.url),
                 source,
             })?;
