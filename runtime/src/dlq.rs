@@ -7,7 +7,7 @@
 //! `dlq.consumer.group` tells whose it is (a processor's application id or a sink's group).
 //!
 //! A record a processor re-keys onto an internal topic (the saga's `commands.orders` →
-//! `orders-saga` hop) carries `tributary.origin.*` headers naming the record the producer wrote;
+//! `orders-saga` hop) carries a `tributary.origin` header naming the record the producer wrote;
 //! a dead letter of such a record goes to the *origin's* DLQ with the origin's topic, partition,
 //! offset, key and timestamp in `dlq.source.*`, and the internal record's coordinates in
 //! `dlq.hop.*`, so the producer's team finds its own record whichever hop found the fault.
@@ -33,12 +33,11 @@ pub const REPLAYED_FROM: &str = "dlq.replayed.from";
 /// `CommandRejected` event) was given, so it is not re-driven.
 pub const REJECTED_CLASS: &str = "rejected";
 
-pub const ORIGIN_TOPIC: &str = "tributary.origin.topic";
-pub const ORIGIN_PARTITION: &str = "tributary.origin.partition";
-pub const ORIGIN_OFFSET: &str = "tributary.origin.offset";
-pub const ORIGIN_TIMESTAMP: &str = "tributary.origin.timestamp";
-/// The producer's key, when it had one (absent: no key).
-pub const ORIGIN_KEY: &str = "tributary.origin.key";
+/// The record its producer wrote, carried by a record of an internal hop: one header (each
+/// header costs the local broker about as much as a small record, so one, not five), its value
+/// `<topic>\n<partition>\n<offset>\n<timestamp ms or empty>`, followed by `\nk<key bytes>`
+/// (or `\nn`: no key) only when the producer's key differs from the carrying record's.
+pub const ORIGIN: &str = "tributary.origin";
 
 /// The DLQ topic of a source topic.
 pub fn dlq_topic(source: &str) -> String {
@@ -53,7 +52,7 @@ pub fn is_dlq_topic(topic: &str) -> bool {
 /// Whether a header is one this module defines (a dead letter's or an origin's), as opposed to
 /// the producer's own.
 pub fn is_pipeline_header(name: &str) -> bool {
-    name.starts_with("dlq.") || name.starts_with("tributary.origin.")
+    name.starts_with("dlq.") || name == ORIGIN
 }
 
 /// The record a producer wrote: where it is and its key.
@@ -67,44 +66,58 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// The origin that `headers` carry, if they carry a complete one.
-    pub fn from_headers(headers: &[(String, Vec<u8>)]) -> Option<Origin> {
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_slice())
+    /// The origin a record with `headers` and `key` carries, if it carries a well-formed one.
+    pub fn carried(headers: &[(String, Vec<u8>)], key: Option<&[u8]>) -> Option<Origin> {
+        let value = headers.iter().find(|(k, _)| k == ORIGIN).map(|(_, v)| v)?;
+        let mut parts = value.splitn(5, |b| *b == b'\n');
+        let mut text = || parts.next().and_then(|p| std::str::from_utf8(p).ok());
+        let topic = text()?.to_string();
+        let partition = text()?.parse().ok()?;
+        let offset = text()?.parse().ok()?;
+        let timestamp = text()?;
+        let timestamp_ms = if timestamp.is_empty() {
+            None
+        } else {
+            Some(timestamp.parse().ok()?)
         };
-        let text = |name: &str| get(name).and_then(|v| std::str::from_utf8(v).ok());
+        let key = match parts.next() {
+            None => key.map(<[u8]>::to_vec),
+            Some([b'n']) => None,
+            Some([b'k', rest @ ..]) => Some(rest.to_vec()),
+            Some(_) => return None,
+        };
+        if topic.is_empty() {
+            return None;
+        }
         Some(Origin {
-            topic: text(ORIGIN_TOPIC)?.to_string(),
-            partition: text(ORIGIN_PARTITION)?.parse().ok()?,
-            offset: text(ORIGIN_OFFSET)?.parse().ok()?,
-            timestamp_ms: text(ORIGIN_TIMESTAMP).and_then(|t| t.parse().ok()),
-            key: get(ORIGIN_KEY).map(<[u8]>::to_vec),
+            topic,
+            partition,
+            offset,
+            timestamp_ms,
+            key,
         })
     }
 
-    /// The headers that carry this origin onto the next hop.
-    pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        let mut h = vec![
-            (ORIGIN_TOPIC.to_string(), self.topic.as_bytes().to_vec()),
-            (
-                ORIGIN_PARTITION.to_string(),
-                self.partition.to_string().into_bytes(),
-            ),
-            (
-                ORIGIN_OFFSET.to_string(),
-                self.offset.to_string().into_bytes(),
-            ),
-        ];
-        if let Some(t) = self.timestamp_ms {
-            h.push((ORIGIN_TIMESTAMP.to_string(), t.to_string().into_bytes()));
+    /// The header that carries this origin on a record keyed `key`.
+    pub fn header(&self, key: Option<&[u8]>) -> (String, Vec<u8>) {
+        let mut v = format!(
+            "{}\n{}\n{}\n{}",
+            self.topic,
+            self.partition,
+            self.offset,
+            self.timestamp_ms.map(|t| t.to_string()).unwrap_or_default()
+        )
+        .into_bytes();
+        if self.key.as_deref() != key {
+            match &self.key {
+                None => v.extend_from_slice(b"\nn"),
+                Some(k) => {
+                    v.extend_from_slice(b"\nk");
+                    v.extend_from_slice(k);
+                }
+            }
         }
-        if let Some(k) = &self.key {
-            h.push((ORIGIN_KEY.to_string(), k.clone()));
-        }
-        h
+        (ORIGIN.to_string(), v)
     }
 
     /// The `dlq.source.*` headers naming this record.
@@ -135,7 +148,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn origin_round_trips_through_headers_and_needs_every_coordinate() {
+    fn origin_round_trips_through_its_header_and_needs_every_coordinate() {
         let o = Origin {
             topic: "commands.orders".into(),
             partition: 3,
@@ -143,18 +156,43 @@ mod tests {
             timestamp_ms: Some(1_700_000_000_000),
             key: Some(b"o-1".to_vec()),
         };
-        let mut h = vec![("trace".to_string(), b"x".to_vec())];
-        h.extend(o.headers());
-        assert_eq!(Origin::from_headers(&h), Some(o.clone()));
-        let keyless = Origin { key: None, ..o };
-        assert_eq!(Origin::from_headers(&keyless.headers()), Some(keyless));
-        // A header set with a missing or garbled coordinate is no origin (the record itself
-        // is then its own origin).
-        assert_eq!(Origin::from_headers(&h[..2]), None);
-        let mut bad = h.clone();
-        bad[2].1 = b"three".to_vec();
-        assert_eq!(Origin::from_headers(&bad), None);
-        assert!(is_pipeline_header(ORIGIN_KEY) && is_pipeline_header(SOURCE_TOPIC));
+        let trace = ("trace".to_string(), b"x".to_vec());
+        // Carried on a record with the producer's key: the key is not repeated.
+        let h = vec![trace.clone(), o.header(Some(b"o-1"))];
+        assert_eq!(h[1].1, b"commands.orders\n3\n42\n1700000000000".to_vec());
+        assert_eq!(Origin::carried(&h, Some(b"o-1")), Some(o.clone()));
+        // Carried on a record keyed otherwise (or not keyed), with a key holding newlines.
+        let odd = Origin {
+            key: Some(b"a\nb".to_vec()),
+            ..o.clone()
+        };
+        assert_eq!(Origin::carried(&[odd.header(None)], None), Some(odd));
+        let keyless = Origin {
+            key: None,
+            timestamp_ms: None,
+            ..o.clone()
+        };
+        assert_eq!(
+            Origin::carried(&[keyless.header(Some(b"k"))], Some(b"k")),
+            Some(keyless)
+        );
+        // A missing or garbled header is no origin (the record itself is then its own).
+        assert_eq!(Origin::carried(&h[..1], Some(b"o-1")), None);
+        for bad in [
+            &b"commands.orders\nthree\n42\n"[..],
+            b"t\n1",
+            b"\n1\n2\n",
+            b"t\n1\n2\n\nx",
+        ] {
+            let h = [(ORIGIN.to_string(), bad.to_vec())];
+            assert_eq!(
+                Origin::carried(&h, None),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(is_pipeline_header(ORIGIN) && is_pipeline_header(SOURCE_TOPIC));
         assert!(!is_pipeline_header("trace"));
     }
 }

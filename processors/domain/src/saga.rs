@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Inputs: `commands.orders` (checked, then forwarded unchanged to the internal `orders-saga`
-//! topic with the producer's coordinates in `tributary.origin.*` headers, see
+//! topic with the producer's coordinates in a `tributary.origin` header, see
 //! [`Topics::orders_saga`]), that topic, `events.inventory` and `events.payments`. Requests go
 //! out as commands on `commands.inventory` and `commands.payments`, keyed by the order id;
 //! inventory and payments answer keyed by the order id too, so with equal partition counts

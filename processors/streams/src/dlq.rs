@@ -27,7 +27,7 @@ pub const PANIC_CLASS: &str = "panic";
 /// The record its producer wrote: the origin `record` carries from an internal hop, or
 /// `record` itself.
 pub fn origin_of(record: &Record) -> Origin {
-    Origin::from_headers(&record.headers).unwrap_or_else(|| Origin {
+    Origin::carried(&record.headers, record.key.as_deref()).unwrap_or_else(|| Origin {
         topic: record.topic.clone(),
         partition: record.partition,
         offset: record.offset,
@@ -46,8 +46,8 @@ pub(crate) fn dead_letter_of(
     extra: Vec<(String, Vec<u8>)>,
 ) -> Output {
     let origin = origin_of(record);
-    // The producer's headers as it wrote them: without the origin headers of the hop (they
-    // are in `dlq.source.*` now) and without the `dlq.*` ones of an earlier replay.
+    // The producer's headers as it wrote them: without the origin header of the hop (it is
+    // in `dlq.source.*` now) and without the `dlq.*` ones of an earlier replay.
     let mut headers: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
@@ -132,8 +132,10 @@ mod tests {
             timestamp_ms: Some(3),
             key: Some(b"user-key".to_vec()),
         };
-        let mut headers = vec![("trace".to_string(), b"t".to_vec())];
-        headers.extend(origin.headers());
+        let headers = vec![
+            ("trace".to_string(), b"t".to_vec()),
+            origin.header(Some(b"o-1")),
+        ];
         let out = dead_letter_of(&record(headers), "app", "decode", "bad", Vec::new());
         assert_eq!(out.topic, "commands.orders.dlq");
         assert_eq!(out.key.as_deref(), Some(&b"user-key"[..]));
@@ -149,7 +151,7 @@ mod tests {
         assert!(
             out.headers
                 .iter()
-                .all(|(k, _)| !k.starts_with("tributary.origin.")),
+                .all(|(k, _)| k != tributary_runtime::dlq::ORIGIN),
             "origin headers are folded into dlq.source.*"
         );
 

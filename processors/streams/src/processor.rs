@@ -176,7 +176,7 @@ impl Context<'_> {
     }
 
     /// The record its producer wrote, of the record being processed: the one named by its
-    /// `tributary.origin.*` headers when it came through an internal hop, else itself; `None`
+    /// `tributary.origin` header when it came through an internal hop, else itself; `None`
     /// while a timer fires.
     pub fn input_origin(&self) -> Option<tributary_runtime::dlq::Origin> {
         self.input.map(origin_of)
@@ -269,17 +269,21 @@ impl Context<'_> {
     }
 
     /// Forwards onto an internal topic (a re-keying hop) with the current input's headers and
-    /// the coordinates of the record its producer wrote (`tributary.origin.*`; kept as they are
-    /// when the input itself came through a hop), so that a dead letter further on names the
-    /// producer's record. Outside a record (a timer), a plain forward.
+    /// the coordinates of the record its producer wrote (one `tributary.origin` header; the
+    /// input's own origin when it came through a hop itself), so that a dead letter further on
+    /// names the producer's record. Outside a record (a timer), a plain forward.
     pub fn repartition(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
         let headers = match self.input {
             None => Vec::new(),
             Some(r) => {
-                let mut h = r.headers.clone();
-                if tributary_runtime::dlq::Origin::from_headers(&h).is_none() {
-                    h.extend(origin_of(r).headers());
-                }
+                let origin = origin_of(r);
+                let mut h: Vec<(String, Vec<u8>)> = r
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k != tributary_runtime::dlq::ORIGIN)
+                    .cloned()
+                    .collect();
+                h.push(origin.header(key));
                 h
             }
         };
