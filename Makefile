@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source stack/env.sh &&
 
-.PHONY: demo test chaos up down status build fmt lint bench
+.PHONY: demo test chaos up down status reset build fmt lint bench
 
 ## The main job: the stack, the pipeline's processes, a seeded workload, and a summary.
 demo: up
@@ -30,6 +30,10 @@ down:
 
 status:
 	bash stack/stack.sh status
+
+## Stop the stack and delete what it holds: the broker's log, every view, the local state.
+reset:
+	bash stack/stack.sh reset
 
 ## The binary the stack, the demo and the shell suites run ($$TRIBUTARY_BIN; `make up` builds it too).
 build:
