@@ -289,3 +289,160 @@ fn sasl_plain_and_scram_over_tls_are_built_in() {
         "GSSAPI needs rdkafka's gssapi feature, not enabled"
     );
 }
+
+/// Kills a process of the test when the test ends, however it ends.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The pipeline end to end with every connection encrypted: the registry, the domain processors,
+/// a PostgreSQL sink and the load generator talk to a TLS-only broker, configured through the
+/// environment alone, and the sink writes to PostgreSQL with `sslmode=require`; the orders
+/// reach their table, and every connection to the test's database is TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_runs_end_to_end_over_tls_to_the_broker_and_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    throwaway_ca(dir.path());
+    let port = free_port();
+    let _broker = start_tls_broker(dir.path(), port);
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let registry_port = free_port();
+
+    // A database of its own, reached over TLS only.
+    let base = tributary_runtime::config::DATABASE_URL.get();
+    let server = &base[..base.rfind('/').expect("a URL with a database")];
+    let name = format!("tls_{}", uuid_like());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let db = format!("{server}/{name}?sslmode=require");
+
+    let env: Vec<(&str, String)> = vec![
+        ("TRIBUTARY_KAFKA_BROKERS", format!("127.0.0.1:{port}")),
+        ("TRIBUTARY_KAFKA_SECURITY_PROTOCOL", "SSL".into()),
+        ("TRIBUTARY_KAFKA_SSL_CA_LOCATION", ca.clone()),
+        (
+            "TRIBUTARY_SCHEMA_REGISTRY_URL",
+            format!("http://127.0.0.1:{registry_port}"),
+        ),
+        ("TRIBUTARY_DATABASE_URL", db.clone()),
+    ];
+    let command = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tributary"));
+        c.args(args);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c
+    };
+    let spawn = |args: &[&str], log: &str| {
+        let log = std::fs::File::create(dir.path().join(log)).unwrap();
+        Process(
+            command(args)
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("process starts"),
+        )
+    };
+    let run = |args: &[&str]| {
+        let out = command(args).output().expect("runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    let listen = format!("127.0.0.1:{registry_port}");
+    let _registry = spawn(&["registry", "--listen", &listen], "registry.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", registry_port)).is_err() {
+        assert!(Instant::now() < deadline, "the registry did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run(&["topics", "create"]);
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/avro");
+    run(&["schemas", "register", "--dir", schemas]);
+    let state = dir.path().join("state").display().to_string();
+    let _processors = spawn(
+        &["process", "--app", "all", "--state-dir", &state],
+        "processors.log",
+    );
+    let _sink = spawn(&["sink", "--store", "postgres"], "sink.log");
+    run(&[
+        "loadgen",
+        "--seed",
+        "5",
+        "--users",
+        "5",
+        "--products",
+        "5",
+        "--orders",
+        "30",
+        "--restock-share",
+        "0",
+        "--cancel-share",
+        "0",
+    ]);
+
+    let pool = sqlx::PgPool::connect(&db)
+        .await
+        .expect("the test database over TLS");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let final_orders: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+        if final_orders == 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{final_orders} of 30 orders final in PostgreSQL; processors: {}; sink: {}",
+            tail(&dir.path().join("processors.log")),
+            tail(&dir.path().join("sink.log"))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (connections, all_tls): (i64, bool) = sqlx::query_as(
+        "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.datname = $1",
+    )
+    .bind(&name)
+    .fetch_one(&admin)
+    .await
+    .expect("connections");
+    assert!(connections >= 2, "the sink's and the test's connections");
+    assert!(all_tls, "every connection to {name} is TLS");
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
