@@ -194,7 +194,7 @@ pub struct LoadgenArgs {
     decline_share: f64,
     #[arg(long, default_value_t = 400)]
     initial_stock: i32,
-    /// Share of the units ordered that restocks put back every 100 orders (0–1; 0: none).
+    /// Share of the units ordered that restocks put back every 500 orders (0–1; 0: none).
     #[arg(long, default_value_t = 0.95)]
     restock_share: f64,
     /// Share of orders their user cancels right after placing them (0–1).
