@@ -47,7 +47,7 @@ bench: up
 	$(ENV) cargo bench -p tributary-schemas --bench codec
 	$(ENV) cargo test -p tributary-sinks --test postgres_bench --test mongodb_bench \
 		--test elasticsearch_bench --test redis_bench -- --ignored --nocapture --test-threads 1
-	$(ENV) cargo run --release -p tributary-streams --example bench
+	$(ENV) bash stack/bench-streams.sh
 	$(ENV) bash stack/bench-saga.sh
 
 lint:

@@ -32,6 +32,10 @@ pub struct Args {
     /// Seconds the order saga waits for inventory and payments before it compensates.
     #[arg(long, default_value_t = 30)]
     saga_timeout_secs: u64,
+    /// Open orders a saga task holds before it stops taking new ones from `commands.orders`
+    /// (backpressure: answers to the open orders finish first; 0: no bound).
+    #[arg(long, default_value_t = tributary_processors::DEFAULT_SAGA_MAX_OPEN)]
+    saga_max_open: u64,
     /// Payments of users whose id ends with this are declined ("" declines none).
     #[arg(long, default_value = "-declines")]
     decline_user_suffix: String,
@@ -95,6 +99,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         cfg.state_dir = dir.clone();
     }
     cfg.saga_timeout = Duration::from_secs(args.saga_timeout_secs.max(1));
+    cfg.saga_max_open = args.saga_max_open;
     cfg.commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
     cfg.fetch_wait = Duration::from_millis(args.fetch_wait_ms.max(1));
     cfg.linger = Duration::from_millis(args.linger_ms);

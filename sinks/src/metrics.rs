@@ -23,6 +23,7 @@ pub struct Metrics {
     batch_size: HistogramVec,
     write_duration: HistogramVec,
     freshness: prometheus::GaugeVec,
+    visible: HistogramVec,
     pool: IntGaugeVec,
     slow: IntCounterVec,
     unavailable: IntGaugeVec,
@@ -74,6 +75,18 @@ impl Metrics {
             ),
             &["sink", "view"],
         )?;
+        // The gauge above says how old the newest change is; this says how long every change
+        // took from its event (the record's timestamp) to the store, so a p99 can be read.
+        let visible = HistogramVec::new(
+            HistogramOpts::new(
+                "tributary_sink_event_to_visible_seconds",
+                "Time from an event (its record's timestamp) to its change being durable in the store.",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["sink"],
+        )?;
         let pool = IntGaugeVec::new(
             Opts::new(
                 "tributary_sink_pool_connections",
@@ -88,6 +101,7 @@ impl Metrics {
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(write_duration.clone()))?;
         registry.register(Box::new(freshness.clone()))?;
+        registry.register(Box::new(visible.clone()))?;
         let slow = counter(
             "tributary_sink_slow_writes_total",
             "Batch writes that took longer than one second (slow queries).",
@@ -125,6 +139,7 @@ impl Metrics {
             batch_size,
             write_duration,
             freshness,
+            visible,
             pool,
         })
     }
@@ -141,6 +156,7 @@ impl Metrics {
             write_duration: self.write_duration.with_label_values(&[sink]),
             slow: self.slow.with_label_values(&[sink]),
             freshness: self.freshness.clone(),
+            visible: self.visible.with_label_values(&[sink]),
             pool: self.pool.clone(),
             unavailable: self.unavailable.with_label_values(&[sink]),
             dlq_paused: self.dlq_paused.with_label_values(&[sink]),
@@ -162,6 +178,7 @@ pub struct SinkMetrics {
     write_duration: Histogram,
     slow: IntCounter,
     freshness: prometheus::GaugeVec,
+    visible: Histogram,
     pool: IntGaugeVec,
     unavailable: prometheus::IntGauge,
     dlq_paused: prometheus::IntGauge,
@@ -220,6 +237,8 @@ impl SinkMetrics {
         let now_ms = now_millis();
         let mut latest: Vec<(&'static str, i64)> = Vec::new();
         for c in changes {
+            self.visible
+                .observe((now_ms.saturating_sub(c.event_time_ms)).max(0) as f64 / 1000.0);
             match latest.iter_mut().find(|(v, _)| *v == c.view) {
                 Some((_, t)) => *t = (*t).max(c.event_time_ms),
                 None => latest.push((c.view, c.event_time_ms)),
@@ -292,5 +311,40 @@ mod tests {
         assert_eq!(m.slow_writes(), 0);
         m.batch_written(1, &[], outcome, SLOW_WRITE + Duration::from_millis(1));
         assert_eq!(m.slow_writes(), 1);
+    }
+
+    #[test]
+    fn every_change_of_a_batch_is_timed_from_its_event_to_the_store() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry).expect("metrics").sink("s");
+        let change = |age_ms: i64| Change {
+            view: "orders",
+            key: "o-1".to_string(),
+            version: 1,
+            event_time_ms: now_millis() - age_ms,
+            op: crate::change::Op::Delete,
+        };
+        let changes = [change(5), change(300), change(3_000)];
+        m.batch_written(
+            3,
+            &changes,
+            WriteOutcome::default(),
+            Duration::from_millis(1),
+        );
+        let family = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "tributary_sink_event_to_visible_seconds")
+            .expect("the histogram is registered");
+        let h = family.get_metric()[0].get_histogram();
+        assert_eq!(h.sample_count(), 3);
+        let upto = |le: f64| {
+            h.get_bucket()
+                .iter()
+                .find(|b| b.upper_bound() == le)
+                .map(|b| b.cumulative_count())
+                .expect("bucket")
+        };
+        assert_eq!((upto(0.1), upto(1.0), upto(5.0)), (1, 2, 3));
     }
 }

@@ -33,6 +33,9 @@
 #   CHAOS_USERS (500), CHAOS_PRODUCTS (100)  workload shape (loadgen's defaults)
 #   CHAOS_WAIT (600)     seconds allowed for catching up    CHAOS_MAX_CRASHES (5) per process
 #   CHAOS_ISOLATION, CHAOS_BROKER_PORT, CHAOS_REDIS_DB, CHAOS_KEEP  see above
+#   CHAOS_METRICS_BASE   when set, the four sinks serve /metrics on 127.0.0.1:BASE..BASE+3, and
+#                        the report gives each sink's event → visible latency (from its
+#                        tributary_sink_event_to_visible_seconds histogram, read once caught up)
 # The binary is $TRIBUTARY_BIN (default: the release build, else the debug build).
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -222,12 +225,36 @@ say "run $run ($where)"
 say "stores: $namespaces"
 
 # ---- The ten processes, each in the background with its own log (appended over restarts).
+sink_stores=(postgres mongodb redis elasticsearch)
+sink_metrics_port() { # sink-<store> -> its port under CHAOS_METRICS_BASE
+  local i
+  for i in "${!sink_stores[@]}"; do
+    [ "sink-${sink_stores[$i]}" = "$1" ] && echo $((CHAOS_METRICS_BASE + i))
+  done
+}
+sink_metrics_args() { [ -n "${CHAOS_METRICS_BASE:-}" ] && echo "--metrics-listen 127.0.0.1:$(sink_metrics_port "$1")"; }
+# "p50 ≤ A s, p99 ≤ B s (N changes)" of a sink's event → visible histogram: the upper bound of
+# the bucket each quantile falls in.
+visible_latency() { # sink-<store>
+  curl -fsS --max-time 5 "http://127.0.0.1:$(sink_metrics_port "$1")/metrics" 2>/dev/null |
+    awk '/^tributary_sink_event_to_visible_seconds_bucket/ {
+           le = $0; sub(/.*le="/, "", le); sub(/".*/, "", le); n++; b[n] = le; c[n] = $NF }
+         /^tributary_sink_event_to_visible_seconds_count/ { total = $NF }
+         END {
+           if (total == 0) { print "no changes"; exit }
+           for (q = 1; q <= 2; q++) {
+             want = (q == 1 ? 0.5 : 0.99) * total
+             for (i = 1; i <= n; i++) if (c[i] >= want) { v[q] = b[i]; break }
+           }
+           printf "p50 <= %ss, p99 <= %ss (%d changes)\n", v[1], v[2], total
+         }'
+}
 start_proc() { # name [why]
   local n=$1 why=${2:-start} cmd
   case $n in
-    sink-postgres | sink-redis) cmd=("$bin" sink --store "${n#sink-}" "${prefix_args[@]}") ;;
-    sink-mongodb) cmd=("$bin" sink --store mongodb --mongodb-database "$mongo_db" "${prefix_args[@]}") ;;
-    sink-elasticsearch) cmd=("$bin" sink --store elasticsearch --index-prefix "$es_prefix" "${prefix_args[@]}") ;;
+    sink-postgres | sink-redis) cmd=("$bin" sink --store "${n#sink-}" "${prefix_args[@]}" $(sink_metrics_args "$n")) ;;
+    sink-mongodb) cmd=("$bin" sink --store mongodb --mongodb-database "$mongo_db" "${prefix_args[@]}" $(sink_metrics_args "$n")) ;;
+    sink-elasticsearch) cmd=("$bin" sink --store elasticsearch --index-prefix "$es_prefix" "${prefix_args[@]}" $(sink_metrics_args "$n")) ;;
     *) cmd=("$bin" process --app "$n" --state-dir "$run/state/$n" --saga-timeout-secs "$saga_timeout" "${prefix_args[@]}" ${CHAOS_PROCESS_ARGS:-}) ;;
   esac
   starts[$n]=$((${starts[$n]:-0} + 1))
@@ -366,6 +393,10 @@ if [ "$summary_rc" != 0 ] && ! behind first; then
 fi
 catch_s=$((($(now_ms) - catch_ms) / 1000))
 out="$logs/summary-$final.out"
+visible=()
+if [ -n "${CHAOS_METRICS_BASE:-}" ]; then
+  for s in "${sink_stores[@]}"; do visible+=("$s $(visible_latency "sink-$s")"); done
+fi
 caught_up=1
 if behind "$final"; then
   caught_up=0
@@ -446,6 +477,7 @@ echo "  outcomes    (from $out)"
 sed -n '/^orders$/,/^invariants$/p' "$out" | sed '1d;$d' | sed 's/^/            /'
 echo "  invariants  $(sed -n '/^invariants$/,$p' "$out" | sed -n '2p' | sed 's/^ *//')"
 echo "  latency    $(sed -n 's/^ *placed → outcome latency *//p' "$out" | head -n 1)"
+for v in "${visible[@]}"; do echo "  visible     $v"; done
 sed -n '/^invariants$/,$p' "$out" | sed -n '3,7p' | sed 's/^ */              /'
 line="  drift      "
 for s in postgres mongodb redis elasticsearch; do

@@ -35,6 +35,8 @@ pub struct DomainConfig {
     pub partitions: i32,
     /// How long the saga waits for inventory and payments before it compensates and cancels.
     pub saga_timeout: Duration,
+    /// Open orders a saga task holds before it stops taking new orders (0: no bound).
+    pub saga_max_open: u64,
     pub decline: DeclineRule,
     /// The runtime's longest time between commits under steady load.
     pub commit_interval: Duration,
@@ -65,6 +67,7 @@ impl DomainConfig {
             state_dir: std::env::temp_dir().join("tributary-processors"),
             partitions: 3,
             saga_timeout: Duration::from_secs(30),
+            saga_max_open: crate::DEFAULT_SAGA_MAX_OPEN,
             decline: DeclineRule::default(),
             commit_interval: Duration::from_millis(100),
             fetch_wait: Duration::from_millis(50),

@@ -73,6 +73,6 @@ pub use error::{ProcessorError, Result};
 pub use inventory::InventoryProcessor;
 pub use notifications::NotificationsProcessor;
 pub use payments::{DeclineRule, PaymentsProcessor};
-pub use saga::OrderSaga;
+pub use saga::{OrderSaga, DEFAULT_SAGA_MAX_OPEN};
 pub use topics::Topics;
 pub use users::UsersProcessor;

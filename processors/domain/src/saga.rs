@@ -27,6 +27,13 @@
 //! `seen` (ids of rejected commands). Answers need no ids: the order's stage makes a
 //! duplicate answer a no-op.
 //! Timers: `timeout:<order id>` on the wall clock, one per open order.
+//!
+//! Backpressure: a task holding `max_open` open orders (its pending timeouts) takes no more
+//! from `commands.orders` until a quarter of them have settled ([`Processor::admits`]). Under
+//! more load than inventory and payments can answer, new orders then wait on the command topic,
+//! ahead of any saga step, while the answers to the open ones are processed without queueing
+//! behind them: an order's time from placed to outcome stays bounded, and none times out for
+//! lack of a turn.
 
 use prometheus::IntCounterVec;
 use std::sync::Arc;
@@ -40,7 +47,7 @@ use tributary_schemas::domain::{
 };
 use tributary_schemas::types::Envelope;
 use tributary_schemas::Codec;
-use tributary_streams::{Context, Processor, Record, TimeKind, Timer};
+use tributary_streams::{Context, Load, Processor, Record, TimeKind, Timer};
 
 use crate::app::{App, Build, Building};
 use crate::catalog::Catalog;
@@ -55,6 +62,10 @@ const TIMER_PREFIX: &str = "timeout:";
 /// record fails retriably. Short: the runtime retries it with the task's partitions paused
 /// while the member goes on polling, so a lagging catalog never blocks the engine for long.
 const CATALOG_WAIT: Duration = Duration::from_millis(250);
+/// Open orders per saga task before `commands.orders` is paused (`--saga-max-open`). Enough
+/// for the most the pipeline settles in a second on the project's 2-core machine, so it only
+/// bites under overload.
+pub const DEFAULT_SAGA_MAX_OPEN: u64 = 500;
 
 /// What caused a record the saga emits: a record (its id and flow) or a timer (the flow only).
 struct Cause {
@@ -95,6 +106,8 @@ pub struct OrderSaga {
     inventory_events: String,
     payment_events: String,
     outcomes: Option<IntCounterVec>,
+    /// Open orders per task before new ones wait (0: no bound).
+    max_open: u64,
 }
 
 /// `tributary_saga_orders_completed_total{outcome, reason}`: orders the saga ended, by outcome
@@ -150,7 +163,15 @@ impl OrderSaga {
             inventory_events: topics.events_inventory(),
             payment_events: topics.events_payments(),
             topics,
+            max_open: 0,
         }
+    }
+
+    /// Bounds the open orders of each task: past `max_open`, new orders wait on
+    /// `commands.orders` (see the module doc). 0: no bound.
+    pub fn with_max_open(mut self, max_open: u64) -> Self {
+        self.max_open = max_open;
+        self
     }
 
     /// A saga outside [`DomainApp::run`](crate::DomainApp::run), encoding and decoding with
@@ -609,6 +630,21 @@ impl Processor for OrderSaga {
         }
         Ok(())
     }
+
+    /// New orders wait while the task holds `max_open` open ones (one timeout timer each), and
+    /// are taken again once a quarter of those have settled; every other input always flows.
+    fn admits(&self, topic: &str, load: &Load) -> bool {
+        if self.max_open == 0 || topic != self.commands {
+            return true;
+        }
+        let resume_below = self.max_open - self.max_open / 4;
+        load.timers
+            < if load.paused {
+                resume_below
+            } else {
+                self.max_open
+            }
+    }
 }
 
 /// The `orders` app: the order saga.
@@ -663,6 +699,7 @@ impl App for OrdersApp {
             .map_err(|e| ProcessorError::Config(format!("starting the catalog: {e}")))??;
             let catalog = Arc::new(catalog);
             let timeout = cfg.saga_timeout;
+            let max_open = cfg.saga_max_open;
             let outcomes = b
                 .metrics
                 .map(outcome_metric)
@@ -670,13 +707,16 @@ impl App for OrdersApp {
                 .map_err(|e| ProcessorError::Config(format!("saga metrics: {e}")))?;
             let wire = b.wire();
             let factory: crate::app::Factory = Box::new(move |_| {
-                Box::new(OrderSaga::new(
-                    wire.clone(),
-                    topics.clone(),
-                    catalog.clone(),
-                    timeout,
-                    outcomes.clone(),
-                ))
+                Box::new(
+                    OrderSaga::new(
+                        wire.clone(),
+                        topics.clone(),
+                        catalog.clone(),
+                        timeout,
+                        outcomes.clone(),
+                    )
+                    .with_max_open(max_open),
+                )
             });
             Ok(factory)
         })

@@ -487,6 +487,59 @@ fn confirm_reserves_authorizes_then_confirms_captures_and_commits() {
 }
 
 #[test]
+fn a_task_holding_max_open_orders_takes_no_new_ones_until_a_quarter_have_settled() {
+    let _rt = enter();
+    let (codec, catalog) = (shared().codec.clone(), catalog());
+    let mut s = Saga {
+        d: TestDriver::new(&OrderSaga::stores(), move |_| {
+            OrderSaga::with_codec(codec.clone(), Topics::default(), catalog.clone(), TIMEOUT)
+                .with_max_open(4)
+        }),
+    };
+    let orders_in = "commands.orders";
+    for i in 0..3 {
+        s.command(&place(&format!("o-{i}"), "u-1", &[("p-a", 1)]));
+        assert!(
+            s.d.admits(0, orders_in, false).expect("admits"),
+            "{} open",
+            i + 1
+        );
+    }
+    s.command(&place("o-3", "u-1", &[("p-a", 1)]));
+    assert_eq!(s.timers().len(), 4, "one timeout per open order");
+    assert!(
+        !s.d.admits(0, orders_in, false).expect("admits"),
+        "4 open: new orders wait"
+    );
+    // Answers to the open orders, and the hop that places them, always flow.
+    for other in [
+        "internal.orders-saga",
+        "events.inventory",
+        "events.payments",
+    ] {
+        assert!(s.d.admits(0, other, false).expect("admits"), "{other}");
+    }
+
+    // One settles (a stock-out ends it): 3 open. Below the bound, but a paused input waits
+    // until a quarter of the bound has settled (resumes below 3), so it is not paused and
+    // resumed on every batch.
+    s.reply("o-0", &reservation_failed("o-0", "p-a", 1, 0));
+    assert!(s.state("o-0").is_final());
+    assert!(!s.d.admits(0, orders_in, true).expect("admits"));
+    assert!(s.d.admits(0, orders_in, false).expect("admits"));
+    // A second one settles: 2 open, the paused input is taken again.
+    s.reply("o-1", &reservation_failed("o-1", "p-a", 1, 0));
+    assert!(s.d.admits(0, orders_in, true).expect("admits"));
+
+    // Without a bound (the default of `with_codec`), new orders always flow.
+    let mut unbounded = Saga::new();
+    for i in 0..10 {
+        unbounded.command(&place(&format!("u-{i}"), "u-1", &[("p-a", 1)]));
+    }
+    assert!(unbounded.d.admits(0, orders_in, false).expect("admits"));
+}
+
+#[test]
 fn stock_out_cancels_without_compensation() {
     let _rt = enter();
     let mut s = Saga::new();

@@ -57,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         compacted: false,
     };
     ensure_topic(&brokers, &input, spec).await?;
+    println!("input topic: {input}");
     println!("producing {n} records to {input}");
     let producer: FutureProducer = client_config(&brokers)
         .set("linger.ms", "5")
@@ -162,7 +163,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("{app_id}-counts-changelog"),
         format!("{app_id}-_timers-changelog"),
     ];
-    let topics = [&input, &raw_out, &out, &dlq, &changelogs[0], &changelogs[1]];
+    // BENCH_KEEP_INPUT=1 leaves the input for a peer measured on it next (stack/bench-streams.sh).
+    let keep_input = std::env::var("BENCH_KEEP_INPUT").is_ok_and(|v| v == "1");
+    let mut topics = vec![&raw_out, &out, &dlq, &changelogs[0], &changelogs[1]];
+    if !keep_input {
+        topics.push(&input);
+    }
     let refs: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
     let _ = admin
         .delete_topics(&refs, &rdkafka::admin::AdminOptions::new())

@@ -8,7 +8,9 @@
 //!    partitions paused and holds later records back, so order per partition is kept while
 //!    the member goes on polling, heart-beating and committing its other tasks);
 //! 4. fires due timers and runs retention sweeps;
-//! 5. commits (`commit.rs`) every `commit_interval`. At-least-once, a record's outputs are sent
+//! 5. asks each task's processor which inputs it admits (backpressure, `Processor::admits`),
+//!    pausing the inputs a task refuses and resuming those it admits again;
+//! 6. commits (`commit.rs`) every `commit_interval`. At-least-once, a record's outputs are sent
 //!    as soon as it succeeds, so the next hop never waits for a commit and a batch may stay
 //!    open that long; exactly-once, outputs leave with the transaction, so a drained input
 //!    commits once the batch is `min_commit_interval` old.
@@ -89,6 +91,9 @@ pub(crate) struct Engine {
     paused_until: Option<Instant>,
     /// Outputs sent ahead of the commit (at-least-once), awaited by it.
     pub in_flight: Vec<DeliveryFuture>,
+    /// Inputs paused by backpressure, as (task, topic): kept paused by every resume until the
+    /// task's processor admits them again.
+    held: BTreeSet<(i32, String)>,
     /// The first error of such an early send; the commit fails with it.
     pub send_error: Option<Error>,
     lag_updated: Instant,
@@ -166,6 +171,7 @@ impl Engine {
             commit_backoff: None,
             paused_until: None,
             in_flight: Vec::new(),
+            held: BTreeSet::new(),
             send_error: None,
             lag_updated: long_ago,
             flushed: Instant::now(),
@@ -216,7 +222,13 @@ impl Engine {
     }
 
     fn resume<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, task: i32) {
-        let tpl = self.task_partitions(consumer, task);
+        let mut tpl = TopicPartitionList::new();
+        for e in self.task_partitions(consumer, task).elements() {
+            // An input held back by backpressure stays paused until its task admits it.
+            if !self.held.contains(&(task, e.topic().to_string())) {
+                tpl.add_partition(e.topic(), task);
+            }
+        }
         if tpl.count() > 0 {
             if let Err(e) = consumer.resume(&tpl) {
                 tracing::warn!(task, error = %e, "resume failed");
@@ -413,6 +425,53 @@ impl Engine {
         }
     }
 
+    /// Backpressure: asks every ready task's processor whether it admits each of its inputs;
+    /// pauses the inputs it refuses and resumes those it admits again (unless the task is
+    /// retrying or backing off, whose own resume then takes them along).
+    pub fn apply_backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let mut changes: Vec<(i32, String, bool, bool)> = Vec::new();
+        for task in self.tasks.values().filter(|t| t.ready) {
+            for topic in &self.cfg.inputs {
+                let paused = self.held.contains(&(task.id, topic.clone()));
+                let admit = task.processor.admits(topic, &task.load(paused));
+                if admit == paused {
+                    let quiet = task.blocked.is_none() && task.backlog.is_empty();
+                    changes.push((task.id, topic.clone(), admit, quiet));
+                }
+            }
+        }
+        let app = self.cfg.application_id.clone();
+        for (id, topic, admit, quiet) in changes {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, id);
+            if admit {
+                self.held.remove(&(id, topic.clone()));
+                if quiet && self.paused_until.is_none() {
+                    if let Err(e) = consumer.resume(&tpl) {
+                        tracing::warn!(task = id, topic, error = %e, "resume failed");
+                    }
+                }
+                tracing::debug!(task = id, topic, "input admitted again");
+            } else {
+                if let Err(e) = consumer.pause(&tpl) {
+                    tracing::warn!(task = id, topic, error = %e, "pause failed");
+                    continue;
+                }
+                self.held.insert((id, topic.clone()));
+                self.metrics
+                    .backpressure_pauses
+                    .with_label_values(&[&app, &topic])
+                    .inc();
+                tracing::debug!(task = id, topic, "input held back (backpressure)");
+            }
+        }
+        let held = self.held.len() as i64;
+        self.metrics
+            .inputs_held
+            .with_label_values(&[&app])
+            .set(held);
+    }
+
     /// Advances the restores of assigned tasks; resumes a task once restored.
     pub fn restore_some<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<()> {
         let ids: Vec<i32> = self.restores.keys().copied().collect();
@@ -442,6 +501,8 @@ impl Engine {
             let task = self.tasks.get_mut(&id).expect("present");
             task.ready = true;
             task.attempt(None, clock.as_ref(), |p, ctx| p.init(ctx))?;
+            // Before its inputs resume: an input the task refuses stays paused from the start.
+            self.apply_backpressure(consumer);
             self.after_unblock(consumer, id);
         }
         Ok(())
@@ -533,6 +594,7 @@ impl Engine {
         // Every task closes; the next assignment reopens what it hands back, checking each
         // store against its changelog (another member may have written to it meanwhile).
         self.restores.clear();
+        self.held.clear();
         for (_, task) in std::mem::take(&mut self.tasks) {
             task.close(true);
         }
@@ -549,6 +611,7 @@ impl Engine {
             .filter(|id| !assigned.contains(id))
             .copied()
             .collect();
+        self.held.retain(|(id, _)| assigned.contains(id));
         for id in gone {
             self.restores.remove(&id);
             if let Some(task) = self.tasks.remove(&id) {
@@ -733,6 +796,7 @@ pub(crate) fn run_loop(
         e.punctuate();
         e.send_all_outputs();
         e.commit(consumer)?;
+        e.apply_backpressure(consumer);
         e.maybe_flush();
         e.update_lag(consumer);
     }

@@ -4,7 +4,8 @@
 //! and small. One file per concern, each with a doc comment saying what it guarantees:
 //!
 //! - [`Processor`] (`processor.rs`): the one trait a processor implements — `process` is the only
-//!   required method; `init`, `punctuate` (timers) and `close` have defaults. It gets a
+//!   required method; `init`, `punctuate` (timers), `close` and `admits` (backpressure) have
+//!   defaults. It gets a
 //!   [`Context`]: the task's named key-value stores, `forward` to output topics, timers and the
 //!   runtime's clock.
 //! - `config.rs` / `app.rs`: [`StreamsConfig`] and the builder; `run` creates the topics and
@@ -52,5 +53,5 @@ pub use config::{Guarantee, StreamsConfig};
 pub use engine::KillPoint;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
-pub use processor::{Context, Processor, TimeKind, Timer};
+pub use processor::{Context, Load, Processor, TimeKind, Timer};
 pub use record::{Output, Record};

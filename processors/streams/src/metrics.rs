@@ -32,6 +32,10 @@ pub struct Metrics {
     /// Local stores found not to match their changelog (topic recreated or truncated), wiped
     /// and restored from scratch.
     pub stale_stores: IntCounterVec,
+    /// Times a task's input was paused because its processor did not admit more of it.
+    pub backpressure_pauses: IntCounterVec,
+    /// Task inputs paused by backpressure now.
+    pub inputs_held: IntGaugeVec,
 }
 
 fn histogram(
@@ -172,6 +176,18 @@ impl Metrics {
                 "Local stores that did not match their changelog, wiped and restored from scratch.",
                 &["app", "store"],
             )?,
+            backpressure_pauses: counter(
+                registry,
+                "tributary_streams_backpressure_pauses_total",
+                "Times a task's input was paused because its processor admitted no more of it for now.",
+                &["app", "topic"],
+            )?,
+            inputs_held: gauge(
+                registry,
+                "tributary_streams_inputs_held",
+                "Task inputs paused by backpressure now.",
+                &["app"],
+            )?,
         })
     }
 }
@@ -205,8 +221,10 @@ mod tests {
         m.retrying_seconds.with_label_values(&["a", "0"]).set(0);
         m.skipped.with_label_values(&["a"]).inc();
         m.stale_stores.with_label_values(&["a", "s"]).inc();
+        m.backpressure_pauses.with_label_values(&["a", "t"]).inc();
+        m.inputs_held.with_label_values(&["a"]).set(1);
         let families = registry.gather();
-        assert_eq!(families.len(), 15);
+        assert_eq!(families.len(), 17);
         for f in &families {
             let name = f.name();
             assert!(name.starts_with("tributary_streams_"), "{name}");

@@ -127,6 +127,26 @@ pub trait Processor: Send {
 
     /// Called when the task closes (revoke or shutdown), after its last commit.
     fn close(&mut self) {}
+
+    /// Backpressure: whether the task takes more records from its input `topic` now. The engine
+    /// asks after every batch; an input a task refuses is paused for that task until it is
+    /// admitted again, while its other inputs keep flowing. A saga refusing new orders while it
+    /// holds many open ones lets the answers to those finish first, instead of queueing them
+    /// behind new orders. `load` says what the task holds. Default: always.
+    fn admits(&self, _topic: &str, _load: &Load) -> bool {
+        true
+    }
+}
+
+/// What a task holds, for [`Processor::admits`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Timers scheduled and neither fired nor cancelled, as of the last commit.
+    pub timers: u64,
+    /// Whether the input asked about is paused by backpressure now, for a processor that
+    /// resumes below a lower mark than it pauses at (so an input is not paused and resumed on
+    /// every batch).
+    pub paused: bool,
 }
 
 /// A boxed processor is one, so apps chosen at run time (a table of them) can hand the
@@ -146,6 +166,10 @@ impl<P: Processor + ?Sized> Processor for Box<P> {
 
     fn close(&mut self) {
         (**self).close()
+    }
+
+    fn admits(&self, topic: &str, load: &Load) -> bool {
+        (**self).admits(topic, load)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::dlq::{dead_letter, dead_timer};
 use crate::error::{Error, Result};
 use crate::processor::{
-    due_range, name_of_due_key, Context, Processor, TimeKind, Timer, TIMERS_STORE,
+    due_range, name_of_due_key, Context, Load, Processor, TimeKind, Timer, TIMERS_STORE,
 };
 use crate::record::{Output, Record};
 use crate::store::KvStore;
@@ -108,6 +108,17 @@ impl Task {
             || self.sent > 0
             || !self.consumed.is_empty()
             || self.stores.values().any(KvStore::has_pending)
+    }
+
+    /// What the task holds, for backpressure ([`Processor::admits`](crate::Processor::admits)):
+    /// its committed timers (two keys each, see `processor.rs`).
+    pub fn load(&self, paused: bool) -> Load {
+        let timers = self
+            .stores
+            .get(TIMERS_STORE)
+            .and_then(|s| s.len().ok())
+            .map_or(0, |n| n / 2);
+        Load { timers, paused }
     }
 
     /// Runs `f` with a context whose effects are kept only if it succeeds. A panic is caught and

@@ -266,6 +266,14 @@ impl TestDriver {
         Ok(out)
     }
 
+    /// Whether task `task`'s processor admits more records of `topic` (backpressure), given
+    /// its committed timers and whether the input is `paused` now, as the engine asks after
+    /// every batch.
+    pub fn admits(&mut self, task: i32, topic: &str, paused: bool) -> Result<bool> {
+        let task = self.task(task)?;
+        Ok(task.processor.admits(topic, &task.load(paused)))
+    }
+
     /// Closes every task and opens it again from its local stores, as a restart would.
     pub fn restart(&mut self) -> Result<()> {
         for (_, task) in std::mem::take(&mut self.tasks) {

@@ -210,6 +210,8 @@ struct WordCount {
     /// A word starting with `stall` blocks the engine for `stall_for`, once.
     stall: Option<Arc<std::sync::atomic::AtomicBool>>,
     stall_for: Duration,
+    /// Backpressure: the input is admitted only while this is true.
+    gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Processor for WordCount {
@@ -267,6 +269,10 @@ impl Processor for WordCount {
         if let Some(t) = &self.tasks {
             t.lock().expect("lock").remove(&self.task);
         }
+    }
+
+    fn admits(&self, _topic: &str, _load: &tributary_streams::Load) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.load(Ordering::SeqCst))
     }
 }
 
@@ -418,6 +424,47 @@ async fn word_count_clean_run_is_exact() {
     // Commit, flush and leave the group, bounded by the close timeout (10 s), in practice fast.
     assert!(took < Duration::from_secs(12), "shutdown took {took:?}");
     eprintln!("graceful shutdown took {took:?}");
+    cleanup(&n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_a_task_does_not_admit_stays_unread_until_it_is_admitted() {
+    let n = setup("wc-gate").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let input = words(300, 4);
+    let app = start(
+        &n,
+        dir.path(),
+        WordCount {
+            output: n.output.clone(),
+            gate: Some(gate.clone()),
+            ..Default::default()
+        },
+        |b| b,
+    );
+    produce_words(&n.input, &input).await;
+    // Every task holds its input back from the moment it is ready: nothing is read.
+    wait_for("three inputs held", || {
+        app.metric("tributary_streams_inputs_held") == PARTITIONS as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.metric("tributary_streams_records_in_total"), 0);
+    assert_eq!(
+        app.metric("tributary_streams_backpressure_pauses_total"),
+        PARTITIONS as u64
+    );
+
+    // Admitted again: everything is read, exactly once per word.
+    gate.store(true, Ordering::SeqCst);
+    expect_counts(&n.output, &counts(&input)).await;
+    wait_for("records_in", || {
+        app.metric("tributary_streams_records_in_total") == input.len() as u64
+    })
+    .await;
+    assert_eq!(app.metric("tributary_streams_inputs_held"), 0);
+    app.stop().await;
     cleanup(&n).await;
 }
 
