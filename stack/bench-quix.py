@@ -34,6 +34,9 @@ def main() -> int:
     )
     source = app.topic(input_topic, key_deserializer="str", value_deserializer="bytes")
     sink = app.topic(f"bench-quix-out-{suffix}", key_serializer="str", value_serializer="bytes")
+    # Quix derives its changelog topic's settings from the input's `retention.ms`, which the
+    # local broker's DescribeConfigs leaves out for a topic created without it: say "forever".
+    source.broker_config.extra_config.setdefault("retention.ms", "-1")
 
     seen = {"n": 0, "started": None}
 

@@ -23,7 +23,7 @@ use tributary_runtime::config::KAFKA_BROKERS;
 use tributary_runtime::kafka::{
     client_config, close_consumer, ensure_topic, unique_name, TopicSpec,
 };
-use tributary_streams::{Context, Processor, Record, StreamsApp};
+use tributary_streams::{Context, Processor, Record, StreamsApp, StreamsConfig};
 
 #[derive(Clone)]
 struct WordCount {
@@ -42,6 +42,13 @@ impl Processor for WordCount {
         ctx.forward(&self.output, Some(&key), Some(&n.to_be_bytes()));
         Ok(())
     }
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main]
@@ -128,6 +135,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .state_dir(&state)
         // BENCH_IDEMPOTENT=1: librdkafka's idempotent producer instead of one request in flight.
         .idempotent_producer(std::env::var("BENCH_IDEMPOTENT").is_ok_and(|v| v == "1"))
+        // BENCH_MAX_BATCH / BENCH_COMMIT_MS: the runtime's batch bounds (defaults otherwise).
+        .max_batch(env_or("BENCH_MAX_BATCH", StreamsConfig::new("d").max_batch))
+        .commit_interval(Duration::from_millis(env_or(
+            "BENCH_COMMIT_MS",
+            StreamsConfig::new("d").commit_interval.as_millis() as usize,
+        ) as u64))
         .metrics_registry(&registry)
         .processor(move |_| wc.clone())
         .build()?;
