@@ -62,6 +62,7 @@ impl clap::Args for StoreOptions {
             .fold(cmd, |cmd, option| {
                 let mut arg = Arg::new(option.name)
                     .long(option.name)
+                    .value_name(if option.address { "URL" } else { "NAME" })
                     .help(option.help)
                     .action(ArgAction::Set);
                 if let Some(env) = option.env {

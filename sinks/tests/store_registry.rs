@@ -94,7 +94,7 @@ mod noop {
         name: URL,
         env: None,
         default: Some("memory://"),
-        help: "Where the no-op store keeps its views.",
+        help: "Where the no-op store keeps its views",
         address: true,
     }];
 

@@ -27,14 +27,14 @@ const OPTIONS: &[StoreOption] = &[
         name: URL,
         env: Some(ELASTICSEARCH_URL.var),
         default: Some(ELASTICSEARCH_URL.default),
-        help: "Elasticsearch of the Elasticsearch views.",
+        help: "Elasticsearch of the Elasticsearch views",
         address: true,
     },
     StoreOption {
         name: INDEX_PREFIX,
         env: None,
         default: Some(DEFAULT_INDEX_PREFIX),
-        help: "Prefix of the Elasticsearch indices and aliases.",
+        help: "Prefix of the Elasticsearch indices and aliases",
         address: false,
     },
 ];

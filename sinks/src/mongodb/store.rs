@@ -25,14 +25,14 @@ const OPTIONS: &[StoreOption] = &[
         name: URL,
         env: Some(MONGODB_URL.var),
         default: Some(MONGODB_URL.default),
-        help: "MongoDB of the MongoDB views.",
+        help: "MongoDB of the MongoDB views",
         address: true,
     },
     StoreOption {
         name: DATABASE,
         env: None,
         default: Some(DEFAULT_DATABASE),
-        help: "MongoDB database of the views.",
+        help: "MongoDB database of the views",
         address: false,
     },
 ];

@@ -21,14 +21,14 @@ const OPTIONS: &[StoreOption] = &[
         name: URL,
         env: Some(DATABASE_URL.var),
         default: Some(DATABASE_URL.default),
-        help: "PostgreSQL of the PostgreSQL views (`sslmode` in the URL for TLS).",
+        help: "PostgreSQL of the PostgreSQL views (`sslmode` in the URL for TLS)",
         address: true,
     },
     StoreOption {
         name: SCHEMA,
         env: None,
         default: None,
-        help: "PostgreSQL schema of the views; defaults to the server's `search_path`.",
+        help: "PostgreSQL schema of the views; defaults to the server's `search_path`",
         address: false,
     },
 ];

@@ -21,14 +21,14 @@ const OPTIONS: &[StoreOption] = &[
         env: Some(REDIS_URL.var),
         default: Some(REDIS_URL.default),
         help: "Redis of the Redis views, and of the stores' locks whatever the store \
-               (`rediss://` for TLS).",
+               (`rediss://` for TLS)",
         address: true,
     },
     StoreOption {
         name: PREFIX,
         env: None,
         default: Some(DEFAULT_PREFIX),
-        help: "Prefix of the Redis keys (a key is `<prefix>:<view>:<id>`).",
+        help: "Prefix of the Redis keys (a key is `<prefix>:<view>:<id>`)",
         address: false,
     },
 ];
