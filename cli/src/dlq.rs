@@ -37,7 +37,10 @@ use tributary_runtime::dlq;
 use tributary_runtime::kafka::{client_config, close_consumer};
 use tributary_schemas::Codec;
 
-use crate::stores::{Store, StoreArgs};
+use tributary_sinks::store::Store;
+use tributary_sinks::stores;
+
+use crate::store_args::StoreArgs;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -441,18 +444,8 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The store whose sink is `group`, if `group` is a sink's.
-fn sink_store(prefix: &str, group: &str) -> Option<Store> {
-    let name = group
-        .strip_prefix(prefix)?
-        .strip_prefix("tributary-sink-")?;
-    [
-        Store::Postgres,
-        Store::Mongodb,
-        Store::Redis,
-        Store::Elasticsearch,
-    ]
-    .into_iter()
-    .find(|s| s.name() == name)
+fn sink_store(prefix: &str, group: &str) -> Option<&'static dyn Store> {
+    stores::of_sink_group(stores::all(), prefix, group)
 }
 
 /// Why a letter is not re-driven, if it is not.
@@ -476,12 +469,12 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut skipped: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut produce: Vec<&Letter> = Vec::new();
-    let mut stores: BTreeMap<&'static str, (Store, usize)> = BTreeMap::new();
+    let mut repairs: BTreeMap<&'static str, (&'static dyn Store, usize)> = BTreeMap::new();
     for l in &chosen {
         // A sink's class `rejected` is a store refusing the data (fixable, e.g. a constraint);
         // a processor's is a business answer. So the sink's letters are sorted out first.
         if let Some(store) = sink_store(&prefix, &l.group()) {
-            stores.entry(store.name()).or_insert((store, 0)).1 += 1;
+            repairs.entry(store.name()).or_insert((store, 0)).1 += 1;
         } else if let Some(why) = not_replayable(l) {
             *skipped.entry(why).or_default() += 1;
         } else {
@@ -508,7 +501,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 l.header(dlq::SOURCE_TOPIC).unwrap_or_default()
             );
         }
-        for (name, (_, n)) in &stores {
+        for (name, (_, n)) in &repairs {
             println!("  would repair {name} from the log ({n} letter(s) of its sink)");
         }
         return Ok(ExitCode::SUCCESS);
@@ -559,11 +552,11 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut drift_left = 0;
-    if !stores.is_empty() {
+    if !repairs.is_empty() {
         // As `reconcile` replays: what the sink dead-lettered for an unknown id is skipped.
         let codec = Codec::new(&args.stores.registry).with_unknown_schema_grace(Duration::ZERO);
-        let lock = args.stores.lock_connection().await?;
-        for (name, (store, n)) in &stores {
+        let lock = tributary_sinks::job::lock_connection(args.stores.settings()).await?;
+        for (name, (store, n)) in &repairs {
             let report = crate::reconcile::repair_store(&args.stores, *store, &codec, lock.clone())
                 .await
                 .with_context(|| format!("repairing {name} for {n} dead letter(s) of its sink"))?;
@@ -617,13 +610,11 @@ mod tests {
 
     #[test]
     fn sink_groups_name_their_store_and_other_groups_are_processors() {
-        assert_eq!(
-            sink_store("", "tributary-sink-postgres"),
-            Some(Store::Postgres)
-        );
+        let sink_store = |prefix, group| sink_store(prefix, group).map(|s| s.name());
+        assert_eq!(sink_store("", "tributary-sink-postgres"), Some("postgres"));
         assert_eq!(
             sink_store("t1.", "t1.tributary-sink-elasticsearch"),
-            Some(Store::Elasticsearch)
+            Some("elasticsearch")
         );
         assert_eq!(sink_store("", "tributary-orders"), None);
         assert_eq!(sink_store("t1.", "tributary-sink-redis"), None);

@@ -10,7 +10,7 @@ mod reconcile;
 mod registry;
 mod schemas;
 mod sink;
-mod stores;
+mod store_args;
 mod summary;
 mod topics;
 

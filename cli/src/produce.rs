@@ -127,8 +127,9 @@ pub struct GatewayArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_body_bytes: usize,
-    /// Prefix of the Redis keys the gateway reads and writes.
-    #[arg(long, default_value = "tributary:v1:")]
+    /// Prefix of the Redis keys the gateway reads and writes: the Redis views' prefix and its
+    /// `:` (the order-status view is `<key prefix>order:<id>`).
+    #[arg(long, default_value_t = format!("{}:", tributary_sinks::redis::DEFAULT_PREFIX))]
     key_prefix: String,
     /// How long an `Idempotency-Key` is remembered, in seconds (a retry after that is sent
     /// as a new command).
@@ -145,9 +146,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     .context("loading the gateway's credentials")?
     .with_issuer(args.jwt_issuer.clone())
     .with_audience(args.jwt_audience.clone());
-    let client = tributary_sinks::redis::client(&args.redis)
-        .with_context(|| format!("redis URL {}", redact::url(&args.redis)))?;
-    let redis = redis::aio::ConnectionManager::new(client)
+    let redis = tributary_sinks::redis::manager(&args.redis)
         .await
         .with_context(|| format!("connecting to redis at {}", redact::url(&args.redis)))?;
     let mut config = GatewayConfig::new(args.listen, auth);

@@ -7,25 +7,23 @@
 //! (`tributary:lock:reconcile:<store>`), so two runs on one store cannot collide.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use tributary_schemas::Codec;
-use tributary_sinks::change::ViewWriter;
-use tributary_sinks::reconcile::{
-    self, LiveStore, Parts, ReconcileConfig, ReconcileMetrics, Report,
-};
-use tributary_sinks::runner::Projection;
+use tributary_sinks::job::{self, JobError, Jobs};
+use tributary_sinks::reconcile::{self, ReconcileConfig, ReconcileMetrics, Report};
+use tributary_sinks::store::Store;
+use tributary_sinks::stores;
 
-use crate::stores::{Bar, Store, StoreArgs};
+use crate::store_args::{store_choice, Bar, StoreArgs};
 
 #[derive(ClapArgs)]
 pub struct Args {
     /// The store to reconcile, or `all`.
-    #[arg(long, value_enum)]
-    store: Store,
+    #[arg(long, value_parser = store_choice(true))]
+    store: String,
     /// Print the report as JSON (stdout) instead of text and metrics.
     #[arg(long)]
     json: bool,
@@ -47,91 +45,38 @@ pub struct Args {
     lock_wait_secs: u64,
 }
 
-type Connected = (Arc<dyn Projection>, Arc<dyn ViewWriter>, Arc<dyn LiveStore>);
-
-/// The projection, writer and live view of `store`, connected as `tributary sink` does.
-async fn connect(s: &StoreArgs, store: Store) -> anyhow::Result<Connected> {
-    use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
-    Ok(match store {
-        Store::Postgres => {
-            let writer = s.postgres().await?;
-            let live = reconcile::postgres::PostgresLive::new(writer.pool().clone());
-            (
-                Arc::new(pg::PostgresProjection),
-                Arc::new(writer),
-                Arc::new(live),
-            )
-        }
-        Store::Mongodb => {
-            let writer = s.mongodb().await?;
-            let live = reconcile::mongodb::MongoLive::new(writer.database().clone());
-            (
-                Arc::new(mongo::projection::MongoProjection),
-                Arc::new(writer),
-                Arc::new(live),
-            )
-        }
-        Store::Redis => {
-            let writer = s.redis().await?;
-            let live =
-                reconcile::redis::RedisLive::new(writer.connection(), s.redis_prefix.clone());
-            (
-                Arc::new(rd::RedisProjection::default()),
-                Arc::new(writer),
-                Arc::new(live),
-            )
-        }
-        Store::Elasticsearch => {
-            let writer = s.elasticsearch().await?;
-            let live = reconcile::elasticsearch::EsLive::new(
-                writer.client().clone(),
-                s.index_prefix.clone(),
-            );
-            (
-                Arc::new(es::projection::EsProjection),
-                Arc::new(writer),
-                Arc::new(live),
-            )
-        }
-        Store::All => anyhow::bail!("`all` is not one store"),
-    })
-}
-
 /// How one store's run goes beyond the addresses.
 struct Options {
+    brokers: String,
     samples: usize,
     repair: bool,
     lock_wait: Duration,
     allow_truncated_log: bool,
 }
 
-async fn one(
-    stores: &StoreArgs,
-    options: &Options,
-    store: Store,
-    codec: &Codec,
-    lock: redis::aio::ConnectionManager,
-) -> anyhow::Result<Report> {
-    let (projection, writer, live) = connect(stores, store).await?;
-    let mut config = ReconcileConfig::new(store.name());
-    config.brokers = stores.brokers.clone();
-    config.sources = stores.sources(projection.as_ref());
-    config.samples = options.samples;
-    config.repair = options.repair;
-    config.lock_wait = options.lock_wait;
-    config.allow_truncated_log = options.allow_truncated_log;
-    let bar = Bar::new(store.name());
-    let parts = Parts {
+impl Options {
+    fn apply(&self, config: &mut ReconcileConfig) {
+        config.brokers = self.brokers.clone();
+        config.samples = self.samples;
+        config.repair = self.repair;
+        config.lock.wait = self.lock_wait;
+        config.allow_truncated_log = self.allow_truncated_log;
+    }
+}
+
+/// What every run needs besides its options: the codec and the lock's connection.
+fn jobs<'a>(
+    stores: &'a StoreArgs,
+    codec: &'a Codec,
+    lock: tributary_sinks::job::LockConnection,
+) -> Jobs<'a> {
+    Jobs {
+        settings: stores.settings(),
+        topic_prefix: &stores.topic_prefix,
         codec,
-        projection: projection.as_ref(),
-        live: live.as_ref(),
-        writer: writer.as_ref(),
         lock,
-        progress: &bar,
-    };
-    reconcile::reconcile(&config, parts)
-        .await
-        .with_context(|| format!("reconciling {}", store.name()))
+        progress: &Bar::boxed,
+    }
 }
 
 /// Repairs `store` from the log (`tributary dlq replay` re-drives a sink's dead letters so).
@@ -139,28 +84,25 @@ async fn one(
 /// since a live pipeline keeps appending.
 pub(crate) async fn repair_store(
     stores: &StoreArgs,
-    store: Store,
+    store: &'static dyn Store,
     codec: &Codec,
-    lock: redis::aio::ConnectionManager,
+    lock: tributary_sinks::job::LockConnection,
 ) -> anyhow::Result<Report> {
     let options = Options {
+        brokers: stores.brokers.clone(),
         samples: 10,
         repair: true,
         lock_wait: Duration::from_secs(60),
         allow_truncated_log: false,
     };
+    let jobs = jobs(stores, codec, lock);
     let mut attempt = 1;
     loop {
-        match one(stores, &options, store, codec, lock.clone()).await {
-            Err(e)
-                if attempt < 5
-                    && e.chain().any(|c| {
-                        matches!(
-                            c.downcast_ref::<reconcile::ReconcileError>(),
-                            Some(reconcile::ReconcileError::LogMoved { .. })
-                        )
-                    }) =>
-            {
+        match reconcile::reconcile_store(store, &jobs, &|c| options.apply(c)).await {
+            Err(JobError::Reconcile {
+                source: reconcile::ReconcileError::LogMoved { .. },
+                ..
+            }) if attempt < 5 => {
                 tracing::info!(
                     store = store.name(),
                     attempt,
@@ -168,33 +110,40 @@ pub(crate) async fn repair_store(
                 );
                 attempt += 1;
             }
-            r => return r,
+            r => return Ok(r?),
         }
     }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let lock = args.stores.lock_connection().await?;
+    let selection = stores::select(stores::all(), &args.store)
+        .with_context(|| format!("no store is called {}", args.store))?;
+    let lock = job::lock_connection(args.stores.settings()).await?;
     // No grace for unknown schema ids: a replay skips what the sink dead-lettered, as before
     // (the replay still waits out an unreachable registry).
     let codec = Codec::new(&args.stores.registry).with_unknown_schema_grace(Duration::ZERO);
     let registry = prometheus::Registry::new();
     let metrics = ReconcileMetrics::new(&registry).context("registering the metrics")?;
-    let mut reports = Vec::new();
     let options = Options {
+        brokers: args.stores.brokers.clone(),
         samples: args.samples,
         repair: args.repair,
         lock_wait: Duration::from_secs(args.lock_wait_secs),
         allow_truncated_log: args.allow_truncated_log,
     };
-    for store in args.store.each() {
-        let report = one(&args.stores, &options, store, &codec, lock.clone()).await?;
-        metrics.observe(&report);
-        if !args.json {
-            print!("{report}");
-        }
-        reports.push(report);
-    }
+    let json = args.json;
+    let reports = reconcile::reconcile_stores(
+        &selection,
+        &jobs(&args.stores, &codec, lock),
+        &|c| options.apply(c),
+        &mut |report| {
+            metrics.observe(report);
+            if !json {
+                print!("{report}");
+            }
+        },
+    )
+    .await?;
     let drift: usize = reports.iter().map(Report::drift).sum();
     if args.json {
         let out = serde_json::json!({ "drift": drift > 0, "stores": reports });

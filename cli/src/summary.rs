@@ -6,6 +6,9 @@
 //! caught up with its input topics (twice in a row, so that what a processor wrote last is
 //! counted), which is how the demo knows the views are complete. `--invariants` then reads the
 //! event topics from the beginning and checks the saga's invariants; a broken one fails the run.
+//! With `--topic-prefix P`, all of it is about the pipeline started with that prefix: its
+//! topics, its processors' and sinks' groups. The stores and their flags come from the list of
+//! stores (`tributary_sinks::stores`), as for every command that touches stores.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -16,23 +19,22 @@ use clap::Args as ClapArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tributary_processors::invariants::{self, Report};
-use tributary_processors::{DomainApp, DomainConfig};
-use tributary_runtime::config::{
-    DATABASE_URL, ELASTICSEARCH_URL, KAFKA_BROKERS, MONGODB_URL, REDIS_URL,
-};
+use tributary_processors::{DomainApp, DomainConfig, Topics};
 use tributary_runtime::kafka::client_config;
+use tributary_runtime::redact;
 use tributary_schemas::domain::{InventoryEvent, NotificationEvent, OrderEvent, PaymentEvent};
 use tributary_schemas::types::{Envelope, TopicPayload, ALL_TOPICS};
 use tributary_schemas::Codec;
+use tributary_sinks::growth;
+use tributary_sinks::store::Settings;
+use tributary_sinks::stores;
+
+use crate::store_args::StoreArgs;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(ClapArgs)]
 pub struct Args {
-    #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
-    brokers: String,
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = tributary_runtime::config::SCHEMA_REGISTRY_URL.default)]
-    registry: String,
     /// Wait up to this many seconds for every processor and sink group to catch up first.
     #[arg(long)]
     wait: Option<u64>,
@@ -42,15 +44,8 @@ pub struct Args {
     /// Time orders placed from this instant on (ms since the epoch; default: all of them).
     #[arg(long, default_value_t = 0)]
     since_ms: i64,
-    /// MongoDB database of the views.
-    #[arg(long, default_value = "tributary")]
-    mongodb_database: String,
-    /// Prefix of the Elasticsearch aliases.
-    #[arg(long, default_value = "tributary-")]
-    index_prefix: String,
-    /// Prefix of the Redis keys.
-    #[arg(long, default_value = "tributary:v1:")]
-    key_prefix: String,
+    #[command(flatten)]
+    stores: StoreArgs,
 }
 
 /// Low and high watermark per partition.
@@ -106,115 +101,68 @@ fn lag(brokers: &str, group: &str, events: &[(String, Watermarks)]) -> anyhow::R
     Ok(total)
 }
 
-/// The size of every view of every store: exact rows per PostgreSQL table, documents per
-/// MongoDB collection, keys per Redis view, documents per Elasticsearch alias.
-async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
-    use tributary_sinks::growth::{self, GrowthError, ViewSize};
+/// The size of every view of every listed store, connected without changing anything: exact
+/// rows per PostgreSQL table, documents per MongoDB collection, keys per Redis view, documents
+/// per Elasticsearch alias. A store that cannot be read gives one line with its (masked)
+/// address and the error.
+async fn views(settings: &Settings) -> Vec<(String, String, Result<i64, String>)> {
     let mut out = Vec::new();
-    let mut add = |store: &str, sizes: Result<Vec<ViewSize>, GrowthError>, at: String| match sizes {
-        Ok(sizes) => {
-            for s in sizes {
-                if let Some(n) = s.entities {
-                    out.push((store.to_string(), s.view, Ok(n)));
+    for (name, sizes) in growth::view_sizes(stores::all(), settings).await {
+        match sizes {
+            Ok(sizes) => {
+                for s in sizes {
+                    if let Some(n) = s.entities {
+                        out.push((name.to_string(), s.view, Ok(n)));
+                    }
                 }
             }
+            Err(e) => {
+                let address = stores::find(stores::all(), name)
+                    .and_then(|store| store.options().iter().find(|o| o.address))
+                    .and_then(|o| settings.get(o.name))
+                    .map(redact::url)
+                    .unwrap_or_default();
+                out.push((name.to_string(), address, Err(e)));
+            }
         }
-        Err(e) => out.push((store.to_string(), at, Err(e.to_string()))),
-    };
-    let pg = match tributary_sinks::postgres::PostgresConfig::default().pool() {
-        Ok(pool) => growth::postgres(&pool, true).await,
-        Err(e) => Err(GrowthError {
-            store: "postgres",
-            message: e.to_string(),
-        }),
-    };
-    add("postgres", pg, DATABASE_URL.get());
-    let mongo = match tributary_sinks::mongodb::MongoWriter::connect(
-        &MONGODB_URL.get(),
-        &args.mongodb_database,
-    )
-    .await
-    {
-        Ok(w) => growth::mongodb(w.database()).await,
-        Err(e) => Err(GrowthError {
-            store: "mongodb",
-            message: e.to_string(),
-        }),
-    };
-    add("mongodb", mongo, MONGODB_URL.get());
-    let redis = match tributary_sinks::redis::client(&REDIS_URL.get()) {
-        Ok(client) => match client.get_multiplexed_async_connection().await {
-            Ok(mut conn) => growth::redis(&mut conn, &args.key_prefix).await,
-            Err(e) => Err(GrowthError {
-                store: "redis",
-                message: e.to_string(),
-            }),
-        },
-        Err(e) => Err(GrowthError {
-            store: "redis",
-            message: e.to_string(),
-        }),
-    };
-    add("redis", redis, REDIS_URL.get());
-    let es = match tributary_sinks::elasticsearch::EsWriter::connect(
-        &ELASTICSEARCH_URL.get(),
-        args.index_prefix.clone(),
-    ) {
-        Ok(w) => {
-            let aliases: Vec<String> = tributary_sinks::elasticsearch::indices::INDICES
-                .iter()
-                .map(|spec| w.alias(spec.view))
-                .collect();
-            growth::elasticsearch(w.client(), &aliases).await
-        }
-        Err(e) => Err(GrowthError {
-            store: "elasticsearch",
-            message: e.to_string(),
-        }),
-    };
-    add("elasticsearch", es, ELASTICSEARCH_URL.get());
+    }
     out
 }
 
-/// Every consumer group of the pipeline with the topics it consumes: the domain processors'
-/// applications, then the sinks (each on the event topics its projection reads).
-fn groups() -> Vec<(String, Vec<String>)> {
-    use tributary_sinks::runner::Projection;
-    use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
-    let cfg = DomainConfig::from_env();
+/// Every consumer group of the pipeline started with `topic_prefix`, with the topics it
+/// consumes: the domain processors' applications, then the sinks (each on the event topics its
+/// projection reads).
+fn groups(topic_prefix: &str) -> Vec<(String, Vec<String>)> {
+    let mut cfg = DomainConfig::from_env();
+    cfg.topics = Topics::new(topic_prefix);
     let mut out: Vec<(String, Vec<String>)> = DomainApp::ALL
         .iter()
         .map(|app| (app.application_id(&cfg), app.inputs(&cfg.topics)))
         .collect();
-    let sinks: [(&str, Box<dyn Projection>); 4] = [
-        ("postgres", Box::new(pg::PostgresProjection)),
-        ("mongodb", Box::new(mongo::projection::MongoProjection)),
-        ("redis", Box::new(rd::RedisProjection::default())),
-        ("elasticsearch", Box::new(es::projection::EsProjection)),
-    ];
-    for (sink, projection) in sinks {
-        let topics = projection
-            .streams()
-            .iter()
-            .map(|s| s.topic().to_string())
+    for store in stores::all() {
+        let topics = stores::sources(store.projection().as_ref(), topic_prefix)
+            .into_iter()
+            .map(|s| s.topic)
             .collect();
-        out.push((format!("tributary-sink-{sink}"), topics));
+        out.push((stores::sink_group(topic_prefix, store.name()), topics));
     }
     out
 }
 
 /// Records held per topic, and records behind per consumer group.
-type Poll = (Vec<(&'static str, Watermarks)>, Vec<(String, i64)>);
+type Poll = (Vec<(String, Watermarks)>, Vec<(String, i64)>);
 
 /// Records held per pipeline topic, and each group's lag.
-fn poll(brokers: &str) -> anyhow::Result<Poll> {
+fn poll(brokers: &str, topic_prefix: &str) -> anyhow::Result<Poll> {
     let consumer: BaseConsumer = client_config(brokers).create()?;
     let mut topics = Vec::new();
     for (topic, _) in ALL_TOPICS {
-        topics.push((*topic, held(&consumer, topic)?));
+        let topic = format!("{topic_prefix}{topic}");
+        let marks = held(&consumer, &topic)?;
+        topics.push((topic, marks));
     }
     let mut lags = Vec::new();
-    for (group, inputs) in groups() {
+    for (group, inputs) in groups(topic_prefix) {
         let mut marks = Vec::new();
         for t in inputs {
             let m = held(&consumer, &t)?;
@@ -226,13 +174,14 @@ fn poll(brokers: &str) -> anyhow::Result<Poll> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let brokers = args.brokers.clone();
+    let brokers = args.stores.brokers.clone();
+    let prefix = args.stores.topic_prefix.clone();
     let deadline = args.wait.map(|s| Instant::now() + Duration::from_secs(s));
     let mut quiet_polls = 0;
     let mut last_report = Instant::now();
     let (topics, lags) = loop {
-        let b = brokers.clone();
-        let (topics, lags) = tokio::task::spawn_blocking(move || poll(&b)).await??;
+        let (b, p) = (brokers.clone(), prefix.clone());
+        let (topics, lags) = tokio::task::spawn_blocking(move || poll(&b, &p)).await??;
         let behind: i64 = lags.iter().map(|(_, l)| *l).sum();
         quiet_polls = if behind == 0 { quiet_polls + 1 } else { 0 };
         match deadline {
@@ -269,7 +218,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("views");
     let mut failed = false;
-    for (store, view, n) in views(&args).await {
+    for (store, view, n) in views(args.stores.settings()).await {
         match n {
             Ok(n) => println!("  {store:<14} {view:<32} {n:>9}"),
             Err(e) => {
@@ -279,7 +228,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.invariants {
-        let (report, timing) = check_invariants(&brokers, &args.registry, args.since_ms).await?;
+        let (report, timing) =
+            check_invariants(&brokers, &args.stores.registry, &prefix, args.since_ms).await?;
         println!("orders");
         println!("  placed                     {:>9}", report.placed);
         println!("  confirmed                  {:>9}", report.confirmed);
@@ -440,14 +390,17 @@ impl Timing {
 async fn check_invariants(
     brokers: &str,
     registry: &str,
+    topic_prefix: &str,
     since_ms: i64,
 ) -> anyhow::Result<(Report, Timing)> {
     let codec = Codec::new(registry);
-    let orders = read_all::<OrderEvent>(brokers, &codec, OrderEvent::TOPIC).await?;
-    let inventory = read_all::<InventoryEvent>(brokers, &codec, InventoryEvent::TOPIC).await?;
-    let payments = read_all::<PaymentEvent>(brokers, &codec, PaymentEvent::TOPIC).await?;
+    let topic = |name: &str| format!("{topic_prefix}{name}");
+    let orders = read_all::<OrderEvent>(brokers, &codec, &topic(OrderEvent::TOPIC)).await?;
+    let inventory =
+        read_all::<InventoryEvent>(brokers, &codec, &topic(InventoryEvent::TOPIC)).await?;
+    let payments = read_all::<PaymentEvent>(brokers, &codec, &topic(PaymentEvent::TOPIC)).await?;
     let notifications =
-        read_all::<NotificationEvent>(brokers, &codec, NotificationEvent::TOPIC).await?;
+        read_all::<NotificationEvent>(brokers, &codec, &topic(NotificationEvent::TOPIC)).await?;
     let report = invariants::check(&orders, &inventory, &payments, &notifications);
     Ok((report, Timing::of(&orders, since_ms)))
 }

@@ -1,8 +1,13 @@
 //! Data growth of the views (ADR-007's monitoring list): entities per view and bytes per view or
 //! store, read from each store's own statistics. Every sink process samples its store
-//! periodically into [`GrowthMetrics`]; `tributary summary` reads the same numbers once.
+//! periodically into [`GrowthMetrics`] ([`run`]); `tributary summary` reads the same numbers
+//! once ([`crate::stores::view_sizes`]). Each store's [`Sampler`] is in its folder
+//! (`<store>/growth.rs`); nothing here names a store.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::{Settings, Store};
 
 use prometheus::{IntGaugeVec, Opts, Registry};
 
@@ -25,164 +30,53 @@ pub struct GrowthError {
     pub message: String,
 }
 
-fn err(store: &'static str) -> impl Fn(String) -> GrowthError {
-    move |message| GrowthError { store, message }
+/// Reads the size of one store's views.
+#[async_trait::async_trait]
+pub trait Sampler: Send + Sync {
+    /// Entities (and bytes, where the store says) per view. `exact` asks for exact counts where
+    /// the store otherwise gives a cheap estimate: the summary wants them, the periodic
+    /// sampling of a sink does not.
+    async fn sample(&self, exact: bool) -> Result<Vec<ViewSize>, GrowthError>;
 }
 
-/// Every table of the current schema (those starting with `_` are bookkeeping and left out).
-/// `exact` counts rows with `count(*)`; otherwise the statistics collector's live-row estimate,
-/// which costs nothing on large tables.
-pub async fn postgres(pool: &sqlx::PgPool, exact: bool) -> Result<Vec<ViewSize>, GrowthError> {
-    let e = err("postgres");
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT c.relname::text, COALESCE(s.n_live_tup, 0)::bigint, \
-                pg_total_relation_size(c.oid)::bigint \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
-         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname NOT LIKE '\\_%' \
-         ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(|x| e(x.to_string()))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (table, estimate, bytes) in rows {
-        let entities = if exact {
-            sqlx::query_scalar::<_, i64>(&format!(
-                "SELECT count(*) FROM \"{}\"",
-                table.replace('"', "\"\"")
-            ))
-            .fetch_one(pool)
-            .await
-            .map_err(|x| e(format!("counting {table}: {x}")))?
-        } else {
-            estimate
-        };
-        out.push(ViewSize {
-            store: "postgres",
-            view: table,
-            entities: Some(entities),
-            bytes: Some(bytes),
-        });
-    }
-    Ok(out)
-}
-
-/// Every collection of the database (those starting with `_` are bookkeeping and left out).
-pub async fn mongodb(db: &mongodb::Database) -> Result<Vec<ViewSize>, GrowthError> {
-    let e = err("mongodb");
-    let mut names = db
-        .list_collection_names()
-        .await
-        .map_err(|x| e(x.to_string()))?;
-    names.sort();
-    let mut out = Vec::new();
-    for name in names.into_iter().filter(|c| !c.starts_with('_')) {
-        let n = db
-            .collection::<mongodb::bson::Document>(&name)
-            .count_documents(mongodb::bson::doc! {})
-            .await
-            .map_err(|x| e(format!("counting {name}: {x}")))?;
-        out.push(ViewSize {
-            store: "mongodb",
-            view: name,
-            entities: Some(i64::try_from(n).unwrap_or(i64::MAX)),
-            bytes: None,
-        });
-    }
-    Ok(out)
-}
-
-/// Keys per view (the segment after `prefix`), and the server's memory as the store's size.
-pub async fn redis<C: redis::aio::ConnectionLike + Send>(
-    conn: &mut C,
-    prefix: &str,
-) -> Result<Vec<ViewSize>, GrowthError> {
-    let e = err("redis");
-    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
-    let mut cursor: u64 = 0;
+/// Samples `sampler` into `metrics` every `every`, forever (a sink spawns this). A failed
+/// sample is logged and tried again next time: sampling never stops the sink.
+pub async fn run(sampler: Arc<dyn Sampler>, metrics: GrowthMetrics, every: Duration) {
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .map_err(|x| e(x.to_string()))?;
-        for k in keys {
-            let view = k
-                .get(prefix.len()..)
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            *counts.entry(view).or_insert(0) += 1;
+        match sampler.sample(false).await {
+            Ok(sizes) => metrics.record(&sizes),
+            Err(e) => tracing::warn!(error = %e, "sampling the views' growth"),
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+        tokio::time::sleep(every).await;
     }
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
-        .await
-        .map_err(|x| e(x.to_string()))?;
-    let used = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    let mut out: Vec<ViewSize> = counts
-        .into_iter()
-        .map(|(view, n)| ViewSize {
-            store: "redis",
-            view,
-            entities: Some(n),
-            bytes: None,
-        })
-        .collect();
-    out.push(ViewSize {
-        store: "redis",
-        view: String::new(),
-        entities: None,
-        bytes: used,
-    });
-    Ok(out)
 }
 
-/// Documents behind each of the views' aliases; a missing alias is an empty view.
-pub async fn elasticsearch(
-    client: &elasticsearch::Elasticsearch,
-    aliases: &[String],
-) -> Result<Vec<ViewSize>, GrowthError> {
-    let e = err("elasticsearch");
-    let mut out = Vec::new();
-    for alias in aliases {
-        let resp = client
-            .count(elasticsearch::CountParts::Index(&[alias.as_str()]))
-            .send()
-            .await
-            .map_err(|x| e(x.to_string()))?;
-        let status = resp.status_code();
-        let entities = if status.as_u16() == 404 {
-            0
-        } else {
-            let body: serde_json::Value = resp.json().await.map_err(|x| e(x.to_string()))?;
-            body["count"]
-                .as_i64()
-                .ok_or_else(|| e(format!("count of {alias}: {status} {body}")))?
-        };
-        out.push(ViewSize {
-            store: "elasticsearch",
-            view: alias.clone(),
-            entities: Some(entities),
-            bytes: None,
-        });
+/// The size of every view of each of `stores` (connected from `settings` without changing
+/// anything: [`crate::store::StoreConfig::sampler`]), exact counts. A store that cannot be
+/// reached or sampled gives its error instead, and the others are still sampled.
+pub async fn view_sizes(
+    stores: &[&'static dyn Store],
+    settings: &Settings,
+) -> Vec<(&'static str, Result<Vec<ViewSize>, String>)> {
+    let mut out = Vec::with_capacity(stores.len());
+    for store in stores {
+        let sizes = async {
+            let sampler = store
+                .config(settings)
+                .map_err(|e| e.to_string())?
+                .sampler()
+                .await
+                .map_err(|e| e.to_string())?;
+            sampler.sample(true).await.map_err(|e| e.to_string())
+        }
+        .await;
+        out.push((store.name(), sizes));
     }
-    Ok(out)
+    out
+}
+
+pub(crate) fn err(store: &'static str) -> impl Fn(String) -> GrowthError {
+    move |message| GrowthError { store, message }
 }
 
 /// `tributary_view_entities{store, view}` and `tributary_view_size_bytes{store, view}`.

@@ -9,7 +9,7 @@ use tributary_runtime::config::{ELASTICSEARCH_URL, MONGODB_URL};
 use tributary_runtime::kafka::unique_name;
 use tributary_sinks::change::{coalesce, Change, ViewWriter};
 use tributary_sinks::elasticsearch::{self as es, EsWriter};
-use tributary_sinks::growth::{self, GrowthMetrics, ViewSize};
+use tributary_sinks::growth::{GrowthMetrics, ViewSize};
 use tributary_sinks::mongodb::{self as mongo, MongoWriter};
 use tributary_sinks::postgres::{PostgresConfig, PostgresProjection, PostgresWriter};
 use tributary_sinks::redis::{RedisConfig, RedisProjection, RedisWriter};
@@ -49,7 +49,9 @@ async fn every_store_reports_its_views_sizes() {
     .await
     .expect("postgres");
     feed(&PostgresProjection, &pg).await;
-    let sizes = growth::postgres(pg.pool(), true).await.expect("pg sample");
+    let sizes = tributary_sinks::postgres::growth::sample(pg.pool(), true)
+        .await
+        .expect("pg sample");
     assert_eq!(entities(&sizes, "users"), Some(2), "{sizes:?}");
     assert_eq!(entities(&sizes, "orders"), Some(0));
     assert!(sizes.iter().all(|s| s.bytes.unwrap_or(0) > 0), "{sizes:?}");
@@ -61,7 +63,7 @@ async fn every_store_reports_its_views_sizes() {
         .expect("mongodb");
     mongo::migrate(mongo_w.database()).await.expect("migrate");
     feed(&mongo::projection::MongoProjection, &mongo_w).await;
-    let sizes = growth::mongodb(mongo_w.database())
+    let sizes = mongo::growth::sample(mongo_w.database())
         .await
         .expect("mongo sample");
     assert_eq!(entities(&sizes, "products"), Some(3), "{sizes:?}");
@@ -76,7 +78,7 @@ async fn every_store_reports_its_views_sizes() {
     .expect("redis");
     feed(&RedisProjection::default(), &redis_w).await;
     let mut conn = redis_w.connection();
-    let sizes = growth::redis(&mut conn, &format!("{prefix}:"))
+    let sizes = tributary_sinks::redis::growth::sample(&mut conn, &format!("{prefix}:"))
         .await
         .expect("redis sample");
     assert_eq!(entities(&sizes, "product"), Some(3), "{sizes:?}");
@@ -103,7 +105,7 @@ async fn every_store_reports_its_views_sizes() {
         ]))
         .send()
         .await;
-    let sizes = growth::elasticsearch(es_w.client(), &aliases)
+    let sizes = es::growth::sample(es_w.client(), &aliases)
         .await
         .expect("es sample");
     assert_eq!(entities(&sizes, &aliases[0]), Some(3), "{sizes:?}");

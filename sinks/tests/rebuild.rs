@@ -106,7 +106,7 @@ async fn run_rebuild(
     let mut config = RebuildConfig::new("test");
     config.brokers = KAFKA_BROKERS.get();
     config.sources = sources.to_vec();
-    config.lock_key = unique_name("test-rebuild-lock");
+    config.lock.key = unique_name("test-rebuild-lock");
     // Small batches: the copy is written in several of them, as a long log would be.
     config.batch_records = 4;
     let codec = codec();
@@ -115,8 +115,8 @@ async fn run_rebuild(
         Parts {
             codec: &codec,
             projection,
-            target,
-            live,
+            store: target,
+            writer: live,
             lock: lock_conn().await,
             progress: &NoProgress,
         },
@@ -137,14 +137,14 @@ async fn assert_no_drift(
     config.brokers = KAFKA_BROKERS.get();
     config.sources = sources.to_vec();
     config.samples = 100;
-    config.lock_key = unique_name("test-reconcile-lock");
+    config.lock.key = unique_name("test-reconcile-lock");
     let codec = codec();
     let report = reconcile::reconcile(
         &config,
         reconcile::Parts {
             codec: &codec,
             projection,
-            live,
+            store: live,
             writer,
             lock: lock_conn().await,
             progress: &NoProgress,
@@ -184,10 +184,10 @@ async fn es(
 #[tokio::test]
 async fn elasticsearch_rebuild_swaps_in_a_complete_index_behind_the_alias() {
     use tributary_sinks::elasticsearch::indices::{alias_target, drop_all, INDICES};
+    use tributary_sinks::elasticsearch::live::EsLive;
     use tributary_sinks::elasticsearch::projection::{EsProjection, ORDERS, PRODUCTS};
+    use tributary_sinks::elasticsearch::rebuild::EsTarget;
     use tributary_sinks::elasticsearch::{migrate, EsWriter};
-    use tributary_sinks::rebuild::elasticsearch::EsTarget;
-    use tributary_sinks::reconcile::elasticsearch::EsLive;
     let prefix = format!("{}-", unique_name("tributary-test"));
     let writer = EsWriter::connect(&ELASTICSEARCH_URL.get(), prefix.clone()).expect("client");
     migrate(writer.client(), &prefix).await.expect("migrate");
@@ -317,9 +317,9 @@ async fn elasticsearch_rebuild_swaps_in_a_complete_index_behind_the_alias() {
 
 #[tokio::test]
 async fn postgres_rebuild_swaps_in_a_complete_schema() {
+    use tributary_sinks::postgres::live::PostgresLive;
+    use tributary_sinks::postgres::rebuild::PostgresTarget;
     use tributary_sinks::postgres::{PostgresConfig, PostgresProjection, PostgresWriter};
-    use tributary_sinks::rebuild::postgres::PostgresTarget;
-    use tributary_sinks::reconcile::postgres::PostgresLive;
     let pg_config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
         ..PostgresConfig::default()
@@ -454,10 +454,10 @@ async fn postgres_rebuild_swaps_in_a_complete_schema() {
 #[tokio::test]
 async fn mongodb_rebuild_renames_complete_collections_over_the_live_ones() {
     use mongodb::bson::{doc, Document};
+    use tributary_sinks::mongodb::live::MongoLive;
     use tributary_sinks::mongodb::projection::{MongoProjection, PRODUCTS};
+    use tributary_sinks::mongodb::rebuild::MongoTarget;
     use tributary_sinks::mongodb::{migrate, MongoWriter};
-    use tributary_sinks::rebuild::mongodb::MongoTarget;
-    use tributary_sinks::reconcile::mongodb::MongoLive;
     let writer = MongoWriter::connect(&MONGODB_URL.get(), &unique_name("tributary-test"))
         .await
         .expect("client");
@@ -551,8 +551,8 @@ async fn mongodb_rebuild_renames_complete_collections_over_the_live_ones() {
 
 #[tokio::test]
 async fn redis_rebuild_swaps_the_key_prefix_in_one_script() {
-    use tributary_sinks::rebuild::redis::RedisTarget;
-    use tributary_sinks::reconcile::redis::RedisLive;
+    use tributary_sinks::redis::live::RedisLive;
+    use tributary_sinks::redis::rebuild::RedisTarget;
     use tributary_sinks::redis::{RedisConfig, RedisProjection, RedisWriter};
     let prefix = unique_name("test-rebuild");
     let redis_config = RedisConfig {

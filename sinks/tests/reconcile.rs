@@ -20,14 +20,14 @@ use tributary_runtime::config::{ELASTICSEARCH_URL, KAFKA_BROKERS, MONGODB_URL, R
 use tributary_runtime::kafka::unique_name;
 use tributary_schemas::types::*;
 use tributary_sinks::change::ViewWriter;
-use tributary_sinks::reconcile::elasticsearch::EsLive;
-use tributary_sinks::reconcile::mongodb::MongoLive;
-use tributary_sinks::reconcile::postgres::PostgresLive;
-use tributary_sinks::reconcile::redis::RedisLive;
+use tributary_sinks::elasticsearch::live::EsLive;
+use tributary_sinks::mongodb::live::MongoLive;
+use tributary_sinks::postgres::live::PostgresLive;
 use tributary_sinks::reconcile::{
     reconcile, LiveStore, NoProgress, Parts, ReconcileConfig, ReconcileError, ReconcileMetrics,
     Report,
 };
+use tributary_sinks::redis::live::RedisLive;
 use tributary_sinks::runner::{EventStream, Projection, SourceTopic};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -45,7 +45,7 @@ fn config(sources: &[SourceTopic], repair: bool) -> ReconcileConfig {
     c.sources = sources.to_vec();
     c.samples = 100;
     c.repair = repair;
-    c.lock_key = unique_name("test-reconcile-lock");
+    c.lock.key = unique_name("test-reconcile-lock");
     c
 }
 
@@ -62,7 +62,7 @@ async fn run(
         Parts {
             codec: &codec,
             projection,
-            live,
+            store: live,
             writer,
             lock: lock_conn().await,
             progress: &NoProgress,
@@ -290,7 +290,7 @@ async fn a_second_reconcile_of_a_store_is_refused_while_the_first_holds_the_lock
     let mut conn = lock_conn().await;
     let held = tributary_sinks::redis::RedisLock::try_acquire(
         &mut conn,
-        &config.lock_key,
+        &config.lock.key,
         Duration::from_secs(30),
     )
     .await
@@ -302,7 +302,7 @@ async fn a_second_reconcile_of_a_store_is_refused_while_the_first_holds_the_lock
     let parts = || Parts {
         codec: &codec,
         projection: &PostgresProjection,
-        live: &live,
+        store: &live,
         writer: &writer,
         lock: lock.clone(),
         progress: &NoProgress,

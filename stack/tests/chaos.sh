@@ -13,7 +13,7 @@
 # Isolation. Everything lives under $TRIBUTARY_RUN_DIR/chaos-<ts>/ (logs/, state/<app>/) and in
 # store namespaces of the run's own: PostgreSQL database tributary_chaos_<ts>, MongoDB database
 # tributary_chaos_<ts>, Elasticsearch prefix tributary-chaos-<ts>-, Redis logical database
-# $CHAOS_REDIS_DB (default 15; the Redis sink has no key-prefix flag, so the run empties that
+# $CHAOS_REDIS_DB (default 15; the run keeps the default --redis-prefix there and empties that
 # database's tributary:* keys first). The topics are isolated one of two ways
 # (CHAOS_ISOLATION=auto, the default, picks `prefix` when the binary supports it, else `broker`):
 #   prefix  a topic prefix (`--topic-prefix chaos-<ts>.`) on the stack's broker; needs

@@ -11,13 +11,21 @@
 //!   templates, and the alias every write goes through (`<prefix>products` →
 //!   `<prefix>products_v1`), so a rebuild can fill `_v2` and swap the alias without read
 //!   downtime.
+//! - [`store`]: the list entry ([`store::Elasticsearch`]) and [`store::EsConfig`]'s `build()`.
+//! - [`live`]: the indices as reconcile reads and releases them.
+//! - [`rebuild`]: new indices behind the aliases, switched in one `_aliases` call.
+//! - [`growth`]: documents behind each alias.
 //!
 //! [`Change`]: crate::change::Change
 //! [`ViewWriter`]: crate::change::ViewWriter
 
 pub mod connect;
+pub mod growth;
 pub mod indices;
+pub mod live;
 pub mod projection;
+pub mod rebuild;
+pub mod store;
 pub mod writer;
 
 pub use connect::{client, EsSecurity};

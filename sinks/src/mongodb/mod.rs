@@ -10,6 +10,10 @@
 //! - [`migrations`]: versioned, once-only migrations (collections, validators, unique indexes,
 //!   seeded templates) recorded in the `_migrations` collection behind a lock document: the role
 //!   Mongock plays in ADR-007.
+//! - [`store`]: the list entry ([`store::Mongodb`]) and [`store::MongoConfig`]'s `build()`.
+//! - [`live`]: the collections as reconcile reads and releases them.
+//! - [`rebuild`]: a fresh database beside the live one, each collection renamed in.
+//! - [`growth`]: documents per collection.
 //!
 //! Every document a change writes carries `version` (the event's per-aggregate sequence) and
 //! `event_time_ms`; the version is what makes replays no-ops.
@@ -17,8 +21,12 @@
 //! [`Change`]: crate::change::Change
 //! [`ViewWriter`]: crate::change::ViewWriter
 
+pub mod growth;
+pub mod live;
 pub mod migrations;
 pub mod projection;
+pub mod rebuild;
+pub mod store;
 pub mod writer;
 
 pub use migrations::{migrate, MigrationError, MigrationReport};

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::views::{View, ViewKind, COPY_STAGE, CREATE_STAGE, VIEWS};
 use crate::change::{check_id_lengths, Change, Op, ViewWriter, WriteError, WriteOutcome};
 
-const STORE: &str = "postgres";
+use super::STORE;
 
 /// Longest entity id written. A btree entry must fit in a third of an 8 KB page (2704 bytes,
 /// tuple header and the other key columns included); PostgreSQL checks the compressed size,

@@ -12,8 +12,10 @@
 //!  Target::drop_old  ──► the old copy is gone
 //! ```
 //!
-//! - one module per store ([`postgres`], [`mongodb`], [`redis`], [`elasticsearch`]) implementing
-//!   [`Target`]: where the copy lives, how it is swapped in, how the old one is dropped.
+//! - each store's folder implements [`Target`] in its `rebuild.rs` (e.g.
+//!   `crate::postgres::rebuild`): where the copy lives, how it is swapped in, how the old one is
+//!   dropped. Nothing here names a store: [`rebuild`] works on whatever [`Parts`] it is given,
+//!   and the stores come from [`crate::stores`].
 //! - the replay is reconcile's ([`crate::reconcile::replay`]); here its records go, in batches
 //!   of [`RebuildConfig::batch_records`] records, through [`coalesce_counted`] and the store's own
 //!   [`ViewWriter`] pointed at the copy, so versions, coalescing and tombstones behave exactly as
@@ -41,26 +43,20 @@
 //! ## The lock
 //!
 //! A rebuild holds the *same* Redis lock as a reconcile of the store
-//! (`tributary:lock:reconcile:<store>`, see [`RebuildConfig::new`]): two rebuilds of one store
+//! ([`LockConfig::of_store`], see [`crate::job`]): two rebuilds of one store
 //! would swap each other's copies away, and a reconcile running across a swap would compare a
 //! view that changes identity under it (or, with `--repair`, fix an old copy about to be
 //! dropped). One job per store at a time, whichever kind, is the simple rule.
 
-pub mod elasticsearch;
-pub mod mongodb;
-pub mod postgres;
-pub mod redis;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
-use tributary_schemas::Codec;
-
 use crate::change::{coalesce_counted, Change, ViewWriter, WriteError, WriteOutcome};
+use crate::job::{JobError, Jobs, Lease, LockConfig};
 use crate::reconcile::replay::{self, Fold, Range, Watermarks};
-use crate::reconcile::{Lease, Progress, ReconcileConfig, ReconcileError};
-use crate::runner::{Projection, SourceTopic};
+use crate::reconcile::ReconcileError;
+use crate::runner::SourceTopic;
+use crate::store::Store;
 
 /// Why a rebuild failed. The live view is untouched unless the error says the swap happened.
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +111,6 @@ impl RebuildError {
 /// Where one store's copy lives and how it replaces the live view.
 #[async_trait::async_trait]
 pub trait Target: Send + Sync {
-    /// The store's name: `postgres`, `mongodb`, `redis`, `elasticsearch`.
-    fn store(&self) -> &'static str;
-
     /// Where the copy is built (for messages).
     fn copy(&self) -> String;
 
@@ -141,12 +134,8 @@ pub struct RebuildConfig {
     pub brokers: String,
     /// Topics to replay; empty means the production topic of every stream the projection reads.
     pub sources: Vec<SourceTopic>,
-    /// The Redis key of the lock; see [`RebuildConfig::new`].
-    pub lock_key: String,
-    /// Lease of the lock; extended every third of it while the run goes on.
-    pub lock_ttl: Duration,
-    /// How long to wait for a lock another run holds.
-    pub lock_wait: Duration,
+    /// The store's lock, held for the whole run: the same one a reconcile takes.
+    pub lock: LockConfig,
     /// The replay fails when no record arrives for this long while records are due.
     pub idle_timeout: Duration,
     /// Records per write of the copy (the sink's `batch_max_records`).
@@ -163,18 +152,15 @@ pub struct RebuildConfig {
 }
 
 impl RebuildConfig {
-    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, the reconcile lock of the
-    /// store (`tributary:lock:reconcile:<store>`: see the module documentation), 500 records
-    /// per batch, up to 5 catch-up passes.
+    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, the store's lock
+    /// ([`LockConfig::of_store`]: see the module documentation), a replay idle timeout of 30 s,
+    /// 500 records per batch, up to 5 catch-up passes.
     pub fn new(store: &str) -> Self {
-        let base = ReconcileConfig::new(store);
         Self {
-            brokers: base.brokers,
+            brokers: tributary_runtime::config::KAFKA_BROKERS.get(),
             sources: Vec::new(),
-            lock_key: base.lock_key,
-            lock_ttl: base.lock_ttl,
-            lock_wait: base.lock_wait,
-            idle_timeout: base.idle_timeout,
+            lock: LockConfig::of_store(store),
+            idle_timeout: Duration::from_secs(30),
             batch_records: 500,
             catch_up_passes: 5,
             settled: 100,
@@ -182,32 +168,11 @@ impl RebuildConfig {
             allow_truncated_log: false,
         }
     }
-
-    fn reconcile_config(&self, sources: &[SourceTopic]) -> ReconcileConfig {
-        let mut c = ReconcileConfig::new("rebuild");
-        c.brokers = self.brokers.clone();
-        c.sources = sources.to_vec();
-        c.lock_key = self.lock_key.clone();
-        c.lock_ttl = self.lock_ttl;
-        c.lock_wait = self.lock_wait;
-        c.idle_timeout = self.idle_timeout;
-        c.allow_truncated_log = self.allow_truncated_log;
-        c
-    }
 }
 
-/// What a rebuild works with.
-pub struct Parts<'a> {
-    pub codec: &'a Codec,
-    /// The store's projection: the same one its sink runs.
-    pub projection: &'a dyn Projection,
-    pub target: &'a dyn Target,
-    /// The sink's writer of the live view: the final catch-up goes through it.
-    pub live: &'a dyn ViewWriter,
-    /// Connection for the lock.
-    pub lock: ConnectionManager,
-    pub progress: &'a dyn Progress,
-}
+/// What a rebuild works with: the store as rebuild sees it is its [`Target`]; the writer is
+/// the sink's writer of the live view, which the final catch-up goes through.
+pub type Parts<'a> = crate::job::Parts<'a, dyn Target + 'a>;
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -248,6 +213,42 @@ impl std::fmt::Display for RebuildReport {
     }
 }
 
+/// Rebuilds each of `stores` in turn (connected from `jobs.settings`, replaying the topics of
+/// `jobs.topic_prefix`), handing each report to `on_report` as soon as it is made. `configure`
+/// adjusts each store's [`RebuildConfig::new`]. Stops at the first store that fails.
+pub async fn rebuild_stores(
+    stores: &[&'static dyn Store],
+    jobs: &Jobs<'_>,
+    configure: &(dyn Fn(&mut RebuildConfig) + Send + Sync),
+    on_report: &mut (dyn FnMut(&RebuildReport) + Send),
+) -> Result<Vec<RebuildReport>, JobError> {
+    let mut reports = Vec::with_capacity(stores.len());
+    for &store in stores {
+        let connected = store.config(jobs.settings)?.build().await?;
+        let mut config = RebuildConfig::new(store.name());
+        config.sources = crate::stores::sources(connected.projection.as_ref(), jobs.topic_prefix);
+        configure(&mut config);
+        let progress = (jobs.progress)(store.name());
+        let parts = Parts {
+            codec: jobs.codec,
+            projection: connected.projection.as_ref(),
+            writer: connected.writer.as_ref(),
+            store: connected.target.as_ref(),
+            lock: jobs.lock.clone(),
+            progress: progress.as_ref(),
+        };
+        let report = rebuild(&config, parts)
+            .await
+            .map_err(|source| JobError::Rebuild {
+                store: store.name(),
+                source,
+            })?;
+        on_report(&report);
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
 /// Builds a copy of the store's views from the log, swaps it in and drops the old one, holding
 /// the store's lock throughout.
 pub async fn rebuild(
@@ -264,8 +265,7 @@ pub async fn rebuild(
     } else {
         config.sources.clone()
     };
-    let rc = config.reconcile_config(&sources);
-    let lease = Lease::take(parts.lock.clone(), &rc).await?;
+    let lease = Lease::take(parts.lock.clone(), &config.lock).await?;
     let result = run(config, &sources, &parts, &lease).await;
     lease.give_back().await;
     parts.progress.finish();
@@ -278,9 +278,9 @@ async fn run(
     parts: &Parts<'_>,
     lease: &Lease,
 ) -> Result<RebuildReport, RebuildError> {
-    let target = parts.target;
+    let target = parts.store;
     let mut report = RebuildReport {
-        store: target.store(),
+        store: parts.writer.store(),
         copy: target.copy(),
         ..RebuildReport::default()
     };
@@ -315,7 +315,7 @@ async fn run(
     let after = async {
         let now = replay::current_watermarks(&config.brokers, sources)?;
         let ranges = since(&reached, &now);
-        let mut batcher = Batcher::new(config, parts.live, "catching up after the swap");
+        let mut batcher = Batcher::new(config, parts.writer, "catching up after the swap");
         let stats = replay_into(config, sources, &ranges, parts, &mut batcher).await?;
         report.after_swap = stats.records;
         report.skipped += stats.skipped;

@@ -17,9 +17,11 @@
 //!   `allow_truncated_log` is set.
 //! - [`expected`]: the fold of the changes with the stores' versioned semantics.
 //! - [`diff`]: missing, extra and differing entities per view; the [`Report`] and its metrics.
-//! - one module per store ([`postgres`], [`mongodb`], [`redis`], [`elasticsearch`]) implementing
-//!   [`LiveStore`]: which fields of an entity the store keeps and how it types them, listing
-//!   the live entities, and *releasing* entities for a repair.
+//! - each store's folder implements [`LiveStore`] in its `live.rs` (e.g.
+//!   `crate::postgres::live`): which fields of an entity the store keeps and how it types them,
+//!   listing the live entities, and *releasing* entities for a repair. Nothing here names a
+//!   store: [`reconcile`] works on whatever [`Parts`] it is given, and the stores come from
+//!   [`crate::stores`].
 //!
 //! Only the fields a projection produces are compared; the stores' bookkeeping (versions,
 //! `_id`, `updated_at`, expiry) is not. Both sides go through [`normalize`]: nulls are dropped
@@ -40,34 +42,29 @@
 //! entity is deleted by an ordinary delete with the version of its last delete in the log (or
 //! just above the released version). A sink writing a newer change meanwhile still wins.
 //!
-//! The run holds a [`RedisLock`] (one per store) for its whole duration, extended while it
-//! runs, so two reconciles of one store cannot interleave their repairs. A repair is refused
+//! The run holds the store's lock ([`crate::job`], one per store) for its whole duration,
+//! extended while it runs, so two reconciles of one store cannot interleave their repairs. A repair is refused
 //! when the log moved after the replay started: the live store may then hold newer entities
 //! than the expected view, and "repairing" them would roll them back.
 
 pub mod diff;
-pub mod elasticsearch;
 pub mod expected;
-pub mod mongodb;
-pub mod postgres;
-pub mod redis;
 pub mod replay;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use serde_json::{Number, Value};
-use tributary_schemas::Codec;
 
 pub use diff::{ReconcileMetrics, RepairReport, Report, ViewReport};
 pub use expected::{Expected, ExpectedView, Rules};
 
-use crate::change::{Change, Fields, Op, ViewWriter, WriteError};
-use crate::redis::RedisLock;
-use crate::runner::{Projection, SourceTopic};
+pub use crate::job::{LockConfig, NoProgress, Progress};
+
+use crate::change::{Change, Fields, Op, WriteError};
+use crate::job::{JobError, Jobs, Lease};
+use crate::runner::SourceTopic;
+use crate::store::Store;
 
 /// An entity's identity: its view and its id within the view (for append entries, the id the
 /// store gives the entry, `<key>#<version>` by default).
@@ -188,9 +185,6 @@ pub struct Release<'a> {
 /// One store as reconcile sees it.
 #[async_trait::async_trait]
 pub trait LiveStore: Send + Sync {
-    /// The store's name: `postgres`, `mongodb`, `redis`, `elasticsearch`.
-    fn store(&self) -> &'static str;
-
     /// The views reconcile compares, reported even when empty.
     fn views(&self) -> Vec<&'static str>;
 
@@ -216,23 +210,6 @@ pub trait LiveStore: Send + Sync {
     }
 }
 
-/// Progress of a long run (the CLI draws a bar on stderr; tests pass [`NoProgress`]).
-pub trait Progress: Send + Sync {
-    /// A new phase with `total` steps (0: unknown).
-    fn start(&self, phase: &str, total: u64);
-    fn advance(&self, n: u64);
-    fn finish(&self) {}
-}
-
-/// Shows nothing.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn start(&self, _phase: &str, _total: u64) {}
-    fn advance(&self, _n: u64) {}
-}
-
 /// How to reconcile one store.
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
@@ -243,12 +220,8 @@ pub struct ReconcileConfig {
     pub samples: usize,
     /// Fix the drift found.
     pub repair: bool,
-    /// The Redis key of the lock; see [`ReconcileConfig::new`].
-    pub lock_key: String,
-    /// Lease of the lock; it is extended every third of it while the run goes on.
-    pub lock_ttl: Duration,
-    /// How long to wait for a lock another run holds.
-    pub lock_wait: Duration,
+    /// The store's lock, held for the whole run.
+    pub lock: LockConfig,
     /// The replay fails when no record arrives for this long while records are due.
     pub idle_timeout: Duration,
     /// Changes per repair write.
@@ -259,17 +232,15 @@ pub struct ReconcileConfig {
 }
 
 impl ReconcileConfig {
-    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, lock
-    /// `tributary:lock:reconcile:<store>`, 10 samples.
+    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, the store's lock
+    /// ([`LockConfig::of_store`]), 10 samples.
     pub fn new(store: &str) -> Self {
         Self {
             brokers: tributary_runtime::config::KAFKA_BROKERS.get(),
             sources: Vec::new(),
             samples: 10,
             repair: false,
-            lock_key: format!("tributary:lock:reconcile:{store}"),
-            lock_ttl: Duration::from_secs(60),
-            lock_wait: Duration::ZERO,
+            lock: LockConfig::of_store(store),
             idle_timeout: Duration::from_secs(30),
             repair_batch: 500,
             allow_truncated_log: false,
@@ -277,17 +248,53 @@ impl ReconcileConfig {
     }
 }
 
-/// What a reconcile works with.
-pub struct Parts<'a> {
-    pub codec: &'a Codec,
-    /// The store's projection: the same one its sink runs.
-    pub projection: &'a dyn Projection,
-    pub live: &'a dyn LiveStore,
-    /// The store's sink writer: repairs go through it.
-    pub writer: &'a dyn ViewWriter,
-    /// Connection for the lock.
-    pub lock: ConnectionManager,
-    pub progress: &'a dyn Progress,
+/// What a reconcile works with: the store as reconcile sees it is its [`LiveStore`].
+pub type Parts<'a> = crate::job::Parts<'a, dyn LiveStore + 'a>;
+
+/// Reconciles each of `stores` in turn (connected from `jobs.settings`, replaying the topics of
+/// `jobs.topic_prefix`), handing each report to `on_report` as soon as it is made. `configure`
+/// adjusts each store's [`ReconcileConfig::new`] (broker, repair, samples...). Stops at the
+/// first store that fails.
+pub async fn reconcile_stores(
+    stores: &[&'static dyn Store],
+    jobs: &Jobs<'_>,
+    configure: &(dyn Fn(&mut ReconcileConfig) + Send + Sync),
+    on_report: &mut (dyn FnMut(&Report) + Send),
+) -> Result<Vec<Report>, JobError> {
+    let mut reports = Vec::with_capacity(stores.len());
+    for &store in stores {
+        let report = reconcile_store(store, jobs, configure).await?;
+        on_report(&report);
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Connects `store` and reconciles it: [`reconcile`] with the store's parts.
+pub async fn reconcile_store(
+    store: &'static dyn Store,
+    jobs: &Jobs<'_>,
+    configure: &(dyn Fn(&mut ReconcileConfig) + Send + Sync),
+) -> Result<Report, JobError> {
+    let connected = store.config(jobs.settings)?.build().await?;
+    let mut config = ReconcileConfig::new(store.name());
+    config.sources = crate::stores::sources(connected.projection.as_ref(), jobs.topic_prefix);
+    configure(&mut config);
+    let progress = (jobs.progress)(store.name());
+    let parts = Parts {
+        codec: jobs.codec,
+        projection: connected.projection.as_ref(),
+        writer: connected.writer.as_ref(),
+        store: connected.live.as_ref(),
+        lock: jobs.lock.clone(),
+        progress: progress.as_ref(),
+    };
+    reconcile(&config, parts)
+        .await
+        .map_err(|source| JobError::Reconcile {
+            store: store.name(),
+            source,
+        })
 }
 
 /// Replays the log, compares it with the store and, if asked, repairs the drift; holding the
@@ -296,7 +303,7 @@ pub async fn reconcile(
     config: &ReconcileConfig,
     parts: Parts<'_>,
 ) -> Result<Report, ReconcileError> {
-    let lease = Lease::take(parts.lock.clone(), config).await?;
+    let lease = Lease::take(parts.lock.clone(), &config.lock).await?;
     let result = run(config, &parts, &lease).await;
     lease.give_back().await;
     parts.progress.finish();
@@ -308,7 +315,7 @@ async fn run(
     parts: &Parts<'_>,
     lease: &Lease,
 ) -> Result<Report, ReconcileError> {
-    let live_store = parts.live;
+    let live_store = parts.store;
     let sources: Vec<SourceTopic> = if config.sources.is_empty() {
         parts
             .projection
@@ -340,7 +347,7 @@ async fn run(
     let views = live_store.views();
     let drift = diff::diff(&views, &wanted, &fields_of(&live));
     let mut report = Report {
-        store: live_store.store(),
+        store: parts.writer.store(),
         records: stats.records,
         skipped: stats.skipped,
         views: drift
@@ -408,7 +415,7 @@ async fn repair(
             rewrite: *rewrite,
         })
         .collect();
-    parts.live.release(&releases).await?;
+    parts.store.release(&releases).await?;
 
     let mut changes: Vec<Change> = Vec::with_capacity(ids.len());
     let (mut written, mut deleted) = (0, 0);
@@ -432,7 +439,7 @@ async fn repair(
         } else {
             deleted += 1;
             // An extra append entry is gone with its release.
-            if parts.live.release_removes() || live.get(id).is_some_and(|e| e.append_key.is_some())
+            if parts.store.release_removes() || live.get(id).is_some_and(|e| e.append_key.is_some())
             {
                 continue;
             }
@@ -500,88 +507,6 @@ fn normalize_value(v: Value) -> Value {
             _ => Value::Number(n),
         },
         other => other,
-    }
-}
-
-/// The held lock and the task extending it (a rebuild takes it too).
-pub(crate) struct Lease {
-    lock: Arc<RedisLock>,
-    conn: ConnectionManager,
-    lost: Arc<AtomicBool>,
-    keeper: tokio::task::JoinHandle<()>,
-}
-
-impl Lease {
-    pub(crate) async fn take(
-        mut conn: ConnectionManager,
-        config: &ReconcileConfig,
-    ) -> Result<Self, ReconcileError> {
-        let key = config.lock_key.clone();
-        let lock = RedisLock::acquire(
-            &mut conn,
-            &key,
-            config.lock_ttl,
-            config.lock_wait,
-            Duration::from_millis(200),
-        )
-        .await
-        .map_err(|source| ReconcileError::Lock {
-            key: key.clone(),
-            source,
-        })?
-        .ok_or(ReconcileError::Locked { key })?;
-        let lock = Arc::new(lock);
-        let lost = Arc::new(AtomicBool::new(false));
-        let ttl = config.lock_ttl;
-        let keeper = {
-            let (lock, lost, mut conn) = (lock.clone(), lost.clone(), conn.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    match lock.extend(&mut conn, ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                        // Redis unreachable for a moment: the lease has two more tries.
-                        Err(e) => {
-                            tracing::warn!(key = lock.key(), error = %e, "cannot extend the reconcile lock")
-                        }
-                    }
-                }
-            })
-        };
-        Ok(Self {
-            lock,
-            conn,
-            lost,
-            keeper,
-        })
-    }
-
-    pub(crate) fn check(&self) -> Result<(), ReconcileError> {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(ReconcileError::LockLost {
-                key: self.lock.key().to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn give_back(self) {
-        self.keeper.abort();
-        let _ = self.keeper.await;
-        let mut conn = self.conn;
-        match Arc::try_unwrap(self.lock) {
-            Ok(lock) => {
-                let key = lock.key().to_string();
-                if let Err(e) = lock.release(&mut conn).await {
-                    tracing::warn!(key, error = %e, "cannot release the reconcile lock; it expires by itself");
-                }
-            }
-            Err(_) => tracing::warn!("reconcile lock still shared; it expires by itself"),
-        }
     }
 }
 

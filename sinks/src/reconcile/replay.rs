@@ -15,8 +15,9 @@ use tributary_runtime::kafka::{client_config, close_consumer, unique_name};
 use tributary_schemas::Codec;
 
 use super::expected::Expected;
-use super::{Progress, ReconcileError};
+use super::ReconcileError;
 use crate::change::Change;
+use crate::job::Progress;
 use crate::runner::{Projection, SourceTopic, Tombstone};
 
 /// Where a replay puts the changes of each record: reconcile folds them into an [`Expected`]

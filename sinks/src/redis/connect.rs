@@ -57,3 +57,9 @@ pub fn client_with_ca(url: &str, ca_file: Option<&str>) -> Result<Client, RedisE
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// A connection manager for `url` (it reconnects by itself): the gateway's, and the one that
+/// holds the stores' locks.
+pub async fn manager(url: &str) -> Result<::redis::aio::ConnectionManager, RedisError> {
+    ::redis::aio::ConnectionManager::new(client(url)?).await
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::projection::{EXPIRE_AT_FIELD, MEMBER_FIELD};
 use crate::change::{check_id_lengths, Change, Op, ViewWriter, WriteError, WriteOutcome};
 
-const STORE: &str = "redis";
+use super::STORE;
 
 /// Longest entity id written. Redis itself takes keys up to 512 MB; this sink refuses ids over
 /// 1 KB, MongoDB's index-key limit, so that the two key-value views agree on which entities
@@ -68,6 +68,10 @@ end
 return 1
 ";
 
+/// The key prefix of the views unless told otherwise: a key is `<prefix>:<view>:<id>`. The one
+/// spelling of the default (the gateway's keys, `<prefix>:ratelimit:...`, derive from it too).
+pub const DEFAULT_PREFIX: &str = "tributary:v1";
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -77,7 +81,8 @@ pub struct RedisConfig {
     /// PEM file of the CAs a `rediss://` server is verified against instead of the system's
     /// roots; defaults to `TRIBUTARY_REDIS_CA` (see [`super::connect`]).
     pub ca_file: Option<String>,
-    /// Prefix of every key, versioned so that a new layout can live beside the old one.
+    /// Prefix of every key, versioned so that a new layout can live beside the old one; a key is
+    /// `<prefix>:<view>:<id>` ([`DEFAULT_PREFIX`] by default).
     pub prefix: String,
     /// How long a deleted entity's version is remembered.
     pub tombstone_ttl: Duration,
@@ -91,7 +96,7 @@ impl Default for RedisConfig {
         Self {
             url: tributary_runtime::config::REDIS_URL.get(),
             ca_file: super::connect::ca_from_env(),
-            prefix: "tributary:v1".into(),
+            prefix: DEFAULT_PREFIX.into(),
             tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),

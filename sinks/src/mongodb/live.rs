@@ -7,12 +7,14 @@
 use ::mongodb::bson::{doc, Bson, Document};
 use ::mongodb::Database;
 
-use super::RELEASED_VERSION;
-use super::{normalize, Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot};
 use crate::change::Fields;
 use crate::mongodb::projection::{NOTIFICATIONS, PRODUCTS, STOCK_RESERVATIONS};
+use crate::reconcile::RELEASED_VERSION;
+use crate::reconcile::{
+    normalize, Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot,
+};
 
-const STORE: &str = "mongodb";
+use super::STORE;
 /// The fields the writer adds to every document.
 const BOOKKEEPING: &[&str] = &["_id", "version", "event_time_ms"];
 
@@ -48,10 +50,6 @@ fn id_of(d: &Document) -> String {
 
 #[async_trait::async_trait]
 impl LiveStore for MongoLive {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn views(&self) -> Vec<&'static str> {
         vec![PRODUCTS, STOCK_RESERVATIONS, NOTIFICATIONS]
     }

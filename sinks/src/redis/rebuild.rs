@@ -22,12 +22,12 @@ use std::sync::Arc;
 use ::redis::aio::ConnectionManager;
 use ::redis::Script;
 
-use super::{RebuildError, Target};
 use crate::change::ViewWriter;
-use crate::reconcile::redis::{glob_escape, VIEWS};
+use crate::rebuild::{RebuildError, Target};
+use crate::redis::live::{glob_escape, VIEWS};
 use crate::redis::{RedisConfig, RedisWriter};
 
-const STORE: &str = "redis";
+use super::STORE;
 
 /// ARGV: live head (`<prefix>:`), scratch head, then per view its live pattern and its scratch
 /// pattern. Returns `{renamed, deleted}`.
@@ -107,10 +107,6 @@ impl RedisTarget {
 
 #[async_trait::async_trait]
 impl Target for RedisTarget {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn copy(&self) -> String {
         format!("key prefix {}", self.scratch_prefix())
     }

@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::{derived, RebuildError, Target};
 use crate::change::ViewWriter;
 use crate::postgres::{PostgresConfig, PostgresWriter};
+use crate::rebuild::{derived, RebuildError, Target};
 
-const STORE: &str = "postgres";
+use super::STORE;
 /// PostgreSQL's limit on identifiers (bytes).
 const NAME_MAX: usize = 63;
 
@@ -57,6 +57,11 @@ impl PostgresTarget {
         let pool = config
             .pool()
             .map_err(|e| RebuildError::store(STORE, "connecting")(e.to_string()))?;
+        Self::with_pool(config, pool).await
+    }
+
+    /// [`PostgresTarget::new`] over a pool already connected with `config` (the sink writer's).
+    pub async fn with_pool(config: &PostgresConfig, pool: PgPool) -> Result<Self, RebuildError> {
         let live = match &config.schema {
             Some(s) => s.clone(),
             None => sqlx::query_scalar::<_, String>("SELECT current_schema()::text")
@@ -136,10 +141,6 @@ impl PostgresTarget {
 
 #[async_trait::async_trait]
 impl Target for PostgresTarget {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn copy(&self) -> String {
         format!("schema {}", self.scratch)
     }

@@ -13,12 +13,14 @@ use elasticsearch::http::Method;
 use elasticsearch::Elasticsearch;
 use serde_json::{json, Value};
 
-use super::{normalize, Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot};
 use crate::change::Fields;
 use crate::elasticsearch::indices::call;
 use crate::elasticsearch::projection::{ANALYTICS, ORDERS, PRODUCTS};
+use crate::reconcile::{
+    normalize, Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot,
+};
 
-const STORE: &str = "elasticsearch";
+use super::STORE;
 const JSON: &str = "application/json";
 const PAGE: usize = 1000;
 
@@ -81,10 +83,6 @@ fn hits(reply: &Value) -> Vec<Value> {
 
 #[async_trait::async_trait]
 impl LiveStore for EsLive {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn views(&self) -> Vec<&'static str> {
         vec![PRODUCTS, ORDERS, ANALYTICS]
     }

@@ -11,13 +11,15 @@ use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::expected::Child;
-use super::RELEASED_VERSION;
-use super::{normalize, Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot};
 use crate::change::Fields;
 use crate::postgres::views::{View, ViewKind, VIEWS};
+use crate::reconcile::expected::Child;
+use crate::reconcile::RELEASED_VERSION;
+use crate::reconcile::{
+    normalize, Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot,
+};
 
-const STORE: &str = "postgres";
+use super::STORE;
 /// See `migrations/postgres/*_tombstones.sql`.
 const TOMBSTONES: &str = "sink_tombstones";
 
@@ -86,10 +88,6 @@ fn split_entry(id: &str) -> Option<(&str, i64)> {
 
 #[async_trait::async_trait]
 impl LiveStore for PostgresLive {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn views(&self) -> Vec<&'static str> {
         VIEWS.iter().map(|v| v.name).collect()
     }

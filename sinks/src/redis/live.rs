@@ -15,15 +15,15 @@ use std::time::Duration;
 use ::redis::aio::ConnectionManager;
 use serde_json::Value;
 
-use super::RELEASED_VERSION;
-use super::{Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot};
 use crate::change::Fields;
+use crate::reconcile::RELEASED_VERSION;
+use crate::reconcile::{Entity, EntityId, LiveStore, ReconcileError, Release, Rules, Snapshot};
 use crate::redis::projection::{
     EXPIRE_AT_FIELD, MEMBER_FIELD, VIEW_ORDER, VIEW_ORDER_RATE, VIEW_PRODUCT, VIEW_SESSION,
 };
 use crate::redis::writer::text;
 
-const STORE: &str = "redis";
+use super::STORE;
 const VERSION_FIELD: &str = "_version";
 const TOMBSTONE_SUFFIX: &str = ":tombstone";
 /// A live key that is not a hash is shown with this one field.
@@ -106,10 +106,6 @@ pub(crate) const VIEWS: &[&str] = &[VIEW_ORDER, VIEW_PRODUCT, VIEW_SESSION, VIEW
 
 #[async_trait::async_trait]
 impl LiveStore for RedisLive {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn views(&self) -> Vec<&'static str> {
         VIEWS.to_vec()
     }

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use ::mongodb::bson::doc;
 use ::mongodb::{Client, Database};
 
-use super::{derived, RebuildError, Target};
 use crate::change::ViewWriter;
 use crate::mongodb::projection::{NOTIFICATIONS, PRODUCTS, STOCK_RESERVATIONS};
 use crate::mongodb::{migrate, MongoWriter, STORE};
+use crate::rebuild::{derived, RebuildError, Target};
 
 /// The collections a rebuild replaces: the views the projection writes.
 pub const VIEWS: &[&str] = &[PRODUCTS, STOCK_RESERVATIONS, NOTIFICATIONS];
@@ -73,10 +73,6 @@ impl MongoTarget {
 
 #[async_trait::async_trait]
 impl Target for MongoTarget {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn copy(&self) -> String {
         format!("database {}", self.scratch)
     }

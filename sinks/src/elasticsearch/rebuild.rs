@@ -22,10 +22,10 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
-use super::{RebuildError, Target};
 use crate::change::ViewWriter;
 use crate::elasticsearch::indices::{alias_target, call, IndexSpec, INDICES};
 use crate::elasticsearch::{EsWriter, STORE};
+use crate::rebuild::{RebuildError, Target};
 
 /// The Elasticsearch views under one prefix.
 pub struct EsTarget {
@@ -99,10 +99,6 @@ impl EsTarget {
 
 #[async_trait::async_trait]
 impl Target for EsTarget {
-    fn store(&self) -> &'static str {
-        STORE
-    }
-
     fn copy(&self) -> String {
         format!(
             "indices {}",
