@@ -2,6 +2,7 @@
 # Addresses and folders: stack/env.sh.
 SHELL := /bin/bash
 ENV := source stack/env.sh &&
+TIMED := bash stack/tests/timed.sh
 
 .PHONY: demo test chaos up down status reset build fmt lint bench
 
@@ -10,12 +11,16 @@ demo: up
 	$(ENV) bash stack/demo.sh
 
 ## Every test, against real servers (starts what it needs).
+## Each step is timed (stack/tests/timed.sh): compiling the tests, running them, each shell suite.
 test: up
-	$(ENV) cargo test --workspace --no-fail-fast
-	$(ENV) bash stack/tests/lifecycle.sh
-	$(ENV) bash stack/tests/prometheus.sh
-	$(ENV) bash stack/tests/compose.sh
-	$(ENV) CHAOS_ORDERS=$${CHAOS_ORDERS:-1500} bash stack/tests/chaos.sh
+	@$(ENV) rm -f "$$TRIBUTARY_RUN_DIR/test-times"
+	$(ENV) $(TIMED) compile cargo test --workspace --no-run
+	$(ENV) $(TIMED) cargo-test cargo test --workspace --no-fail-fast
+	$(ENV) $(TIMED) lifecycle bash stack/tests/lifecycle.sh
+	$(ENV) $(TIMED) prometheus bash stack/tests/prometheus.sh
+	$(ENV) $(TIMED) compose bash stack/tests/compose.sh
+	$(ENV) CHAOS_ORDERS=$${CHAOS_ORDERS:-1500} $(TIMED) chaos bash stack/tests/chaos.sh
+	@$(ENV) $(TIMED) --report
 
 ## The pipeline's ten processes killed -9 at random during a workload, each restarted; then the
 ## saga's invariants and zero drift in all four stores (stack/tests/chaos.sh for the knobs).
