@@ -1,4 +1,6 @@
-//! Throughput of the MongoDB writer against an `insert_one` loop of the same documents.
+//! Throughput of the MongoDB writer against the server's own bulk path (`insert_many` of the same
+//! documents in the same batches, unconditional: the ceiling of what this server takes) and an
+//! `insert_one` loop.
 //! Ignored by default (timing, not correctness):
 //! `cargo test -p tributary-sinks --release --test mongodb_bench -- --ignored --nocapture`.
 
@@ -66,14 +68,31 @@ async fn mongodb_writer_throughput_vs_insert_one_loop() {
         plain.insert_one(d).await.expect("insert");
     }
     let loop_secs = started.elapsed().as_secs_f64();
+
+    let bulk = writer.database().collection::<Document>("bulk");
+    let started = Instant::now();
+    for batch in all.chunks(BATCH) {
+        let docs = batch.iter().filter_map(|c| {
+            let Op::Upsert(fields) = &c.op else {
+                return None;
+            };
+            let mut d = to_document(fields);
+            d.insert("_id", &c.key);
+            Some(d)
+        });
+        bulk.insert_many(docs).await.expect("insert_many");
+    }
+    let bulk_secs = started.elapsed().as_secs_f64();
     let _ = writer.database().drop().await;
 
     let rate = |secs: f64| RECORDS as f64 / secs;
     println!(
-        "mongodb: writer {:.0}/s, replay (all stale) {:.0}/s, insert_one loop {:.0}/s; writer/loop = {:.2}",
+        "mongodb: writer {:.0}/s, replay (all stale) {:.0}/s, server's bulk insert_many {:.0}/s, insert_one loop {:.0}/s; writer/bulk = {:.2}, writer/loop = {:.2}",
         rate(writer_secs),
         rate(replay_secs),
+        rate(bulk_secs),
         rate(loop_secs),
+        bulk_secs / writer_secs,
         loop_secs / writer_secs
     );
 }

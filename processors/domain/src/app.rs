@@ -44,6 +44,11 @@ pub struct DomainConfig {
     pub fetch_wait: Duration,
     /// The runtime's producer linger (see `tributary_streams::StreamsConfig::linger`).
     pub linger: Duration,
+    /// librdkafka's idempotent producer (up to 5 requests in flight, ordered per partition)
+    /// instead of one request in flight: an output then never waits behind the changelog or the
+    /// commit marker of the batch before it. Needs a broker with InitProducerId. Off by default:
+    /// on the local broker it made the saga slower, not faster (BENCHMARKS.md).
+    pub idempotent_producer: bool,
     /// Create missing topics (the pipeline's and the internal ones) before starting.
     pub create_topics: bool,
     /// The analytics' windows (by event time).
@@ -72,6 +77,7 @@ impl DomainConfig {
             commit_interval: Duration::from_millis(100),
             fetch_wait: Duration::from_millis(50),
             linger: Duration::from_millis(1),
+            idempotent_producer: false,
             create_topics: true,
             analytics_windows: Windows::tumbling(60_000, 5_000),
             dedupe_retention: Duration::from_secs(7 * 24 * 3600),
@@ -236,7 +242,8 @@ impl DomainApp {
             .state_dir(&cfg.state_dir)
             .commit_interval(cfg.commit_interval)
             .fetch_wait(cfg.fetch_wait)
-            .linger(cfg.linger);
+            .linger(cfg.linger)
+            .idempotent_producer(cfg.idempotent_producer);
         if let Some(r) = metrics {
             b = b.metrics_registry(r);
         }
