@@ -205,12 +205,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = SinkConfig::new(store);
     config.brokers = args.brokers.clone();
     if !args.topic_prefix.is_empty() {
-        config.group_id = format!("{}{}", args.topic_prefix, config.group_id);
+        config.group_id = tributary_runtime::topics::prefixed(&args.topic_prefix, &config.group_id);
         config.sources = projection
             .streams()
             .iter()
             .map(|&stream| SourceTopic {
-                topic: format!("{}{}", args.topic_prefix, stream.topic()),
+                topic: tributary_runtime::topics::prefixed(&args.topic_prefix, stream.topic()),
                 stream,
             })
             .collect();
@@ -229,7 +229,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let sink = Sink::new(config, codec, projection, writer, &metrics);
 
-    let stop = shared_shutdown();
+    let stop = tributary_runtime::shutdown::on_signal();
     let (addr, _server) =
         tributary_runtime::metrics::serve(args.metrics_listen, registry, stop.clone())
             .await
@@ -239,10 +239,4 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("running the {store} sink"))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// One shutdown signal, awaitable by several parts (metrics server and sink).
-fn shared_shutdown() -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
-    use futures::FutureExt;
-    crate::shutdown_signal().boxed().shared()
 }

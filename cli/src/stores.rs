@@ -92,7 +92,7 @@ impl StoreArgs {
             .streams()
             .iter()
             .map(|&stream| SourceTopic {
-                topic: format!("{}{}", self.topic_prefix, stream.topic()),
+                topic: tributary_runtime::topics::prefixed(&self.topic_prefix, stream.topic()),
                 stream,
             })
             .collect()

@@ -121,7 +121,11 @@ async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
         }
         Err(e) => out.push((store.to_string(), at, Err(e.to_string()))),
     };
-    let pg = match tributary_sinks::postgres::PostgresConfig::default().pool() {
+    let pg_config = tributary_sinks::postgres::PostgresConfig {
+        url: DATABASE_URL.get(),
+        ..Default::default()
+    };
+    let pg = match pg_config.pool() {
         Ok(pool) => growth::postgres(&pool, true).await,
         Err(e) => Err(GrowthError {
             store: "postgres",
@@ -181,7 +185,7 @@ async fn views(args: &Args) -> Vec<(String, String, Result<i64, String>)> {
 fn groups() -> Vec<(String, Vec<String>)> {
     use tributary_sinks::runner::Projection;
     use tributary_sinks::{elasticsearch as es, mongodb as mongo, postgres as pg, redis as rd};
-    let cfg = DomainConfig::from_env();
+    let cfg = DomainConfig::local();
     let mut out: Vec<(String, Vec<String>)> = DomainApp::ALL
         .iter()
         .map(|app| (app.application_id(&cfg), app.inputs(&cfg.topics)))
@@ -256,7 +260,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let consumer: BaseConsumer = client_config(&brokers).create()?;
     for (topic, parts) in &topics {
         let n: i64 = parts.values().map(|(lo, hi)| hi - lo).sum();
-        let dlq_topic = format!("{topic}.dlq");
+        let dlq_topic = tributary_runtime::dlq::dlq_topic(topic);
         let dlq: i64 = held(&consumer, &dlq_topic)?
             .values()
             .map(|(lo, hi)| hi - lo)

@@ -4,7 +4,7 @@
 //! Names follow `tributary_sink_<name>_<unit>[_total]`; the only labels are the sink's name and
 //! the view's name, both bounded. Values are updated once per batch, never per record.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -217,7 +217,7 @@ impl SinkMetrics {
         if took > SLOW_WRITE {
             self.slow.inc();
         }
-        let now_ms = now_millis();
+        let now_ms = tributary_runtime::clock::now_ms();
         let mut latest: Vec<(&'static str, i64)> = Vec::new();
         for c in changes {
             match latest.iter_mut().find(|(v, _)| *v == c.view) {
@@ -270,13 +270,6 @@ impl SinkMetrics {
     pub fn slow_writes(&self) -> u64 {
         self.slow.get()
     }
-}
-
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ pub struct RebuildConfig {
 }
 
 impl RebuildConfig {
-    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, the reconcile lock of the
+    /// Defaults for `store`: the local stack's broker (the binary sets `brokers`), the lock of the
     /// store (`tributary:lock:reconcile:<store>`: see the module documentation), 500 records
     /// per batch, up to 5 catch-up passes.
     pub fn new(store: &str) -> Self {

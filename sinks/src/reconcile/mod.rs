@@ -60,6 +60,7 @@ use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
 use serde_json::{Number, Value};
+use tributary_runtime::clock::now_ms;
 use tributary_schemas::Codec;
 
 pub use diff::{ReconcileMetrics, RepairReport, Report, ViewReport};
@@ -259,11 +260,11 @@ pub struct ReconcileConfig {
 }
 
 impl ReconcileConfig {
-    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, lock
+    /// Defaults for `store`: the local stack's broker (the binary sets `brokers`), lock
     /// `tributary:lock:reconcile:<store>`, 10 samples.
     pub fn new(store: &str) -> Self {
         Self {
-            brokers: tributary_runtime::config::KAFKA_BROKERS.get(),
+            brokers: tributary_runtime::config::KAFKA_BROKERS.default.to_string(),
             sources: Vec::new(),
             samples: 10,
             repair: false,
@@ -456,13 +457,6 @@ async fn repair(
         parts.progress.advance(chunk.len() as u64);
     }
     Ok((written, deleted))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn expected_fields(store: &dyn LiveStore, entities: &Snapshot) -> BTreeMap<EntityId, Fields> {
