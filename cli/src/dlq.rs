@@ -105,7 +105,7 @@ pub struct ReplayArgs {
 
 /// The group whose committed offsets on a DLQ topic mark what was replayed.
 fn replay_group(prefix: &str) -> String {
-    format!("{prefix}tributary-dlq-replay")
+    tributary_runtime::topics::prefixed(prefix, "tributary-dlq-replay")
 }
 
 fn dlq_name(topic: &str) -> String {
@@ -453,7 +453,7 @@ fn not_replayable(l: &Letter) -> Option<&'static str> {
     if l.class() == dlq::REJECTED_CLASS {
         return Some("refused commands (answered with CommandRejected; send a new command)");
     }
-    if l.header(dlq::SOURCE_TOPIC).is_none() || l.header("dlq.source.timer").is_some() {
+    if l.header(dlq::SOURCE_TOPIC).is_none() || l.header(dlq::SOURCE_TIMER).is_some() {
         return Some("failed timers (no record to re-drive)");
     }
     None

@@ -78,6 +78,12 @@ async fn main() -> std::process::ExitCode {
         // Every log line has its URLs' passwords masked, whatever logged them.
         .with_writer(|| tributary_runtime::redact::Writer(std::io::stderr()))
         .init();
+    // The environment is read here, at the binary's edge, and nowhere in the libraries: the
+    // librdkafka properties every Kafka client of this process gets (`TRIBUTARY_KAFKA_*`).
+    tributary_runtime::kafka::install_properties(tributary_runtime::kafka::properties_from(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    ));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Registry(args) => registry::run(args).await,
@@ -102,21 +108,5 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {}", tributary_runtime::redact::text(&message));
             std::process::ExitCode::from(2)
         }
-    }
-}
-
-/// Completes on SIGINT or SIGTERM: long-running subcommands shut down gracefully on either.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
     }
 }

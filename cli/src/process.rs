@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use tokio_util::sync::CancellationToken;
 use tributary_processors::{DeclineRule, DomainApp, DomainConfig};
 use tributary_runtime::config::{KAFKA_BROKERS, SCHEMA_REGISTRY_URL};
 
@@ -95,7 +94,7 @@ fn apps(names: &[String]) -> anyhow::Result<Vec<DomainApp>> {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let apps = apps(&args.app)?;
-    let mut cfg = DomainConfig::from_env();
+    let mut cfg = DomainConfig::local();
     cfg.topics = tributary_processors::Topics::new(&args.topic_prefix);
     cfg.brokers = args.brokers.clone();
     cfg.registry_url = args.registry.clone();
@@ -115,15 +114,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_amount_cents: args.decline_above_cents,
     };
 
-    let stop = CancellationToken::new();
+    // Cancelled on SIGINT/SIGTERM, or by the first app that fails.
+    let stop = tributary_runtime::shutdown::on_signal();
     let registry = prometheus::Registry::new();
     let (addr, _server) =
-        tributary_runtime::metrics::serve(args.metrics_listen, registry.clone(), {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        })
-        .await
-        .with_context(|| format!("serving metrics on {}", args.metrics_listen))?;
+        tributary_runtime::metrics::serve(args.metrics_listen, registry.clone(), stop.clone())
+            .await
+            .with_context(|| format!("serving metrics on {}", args.metrics_listen))?;
     let names: Vec<&str> = apps.iter().map(|a| a.name()).collect();
     tracing::info!(apps = ?names, metrics = %addr, state = %cfg.state_dir.display(), "processors starting");
 
@@ -146,15 +143,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             (app, r)
         });
     }
-
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            crate::shutdown_signal().await;
-            tracing::info!("shutting down the processors");
-            stop.cancel();
-        }
-    });
 
     let mut failed = false;
     while let Some(joined) = tasks.join_next().await {

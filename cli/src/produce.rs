@@ -170,9 +170,13 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         order_view: Some((redis, args.key_prefix.clone())),
         ..config
     };
-    tributary_producers::gateway::serve(args.conn.sender()?, config, crate::shutdown_signal())
-        .await
-        .with_context(|| format!("serving the gateway on {}", args.listen))?;
+    tributary_producers::gateway::serve(
+        args.conn.sender()?,
+        config,
+        tributary_runtime::shutdown::on_signal(),
+    )
+    .await
+    .with_context(|| format!("serving the gateway on {}", args.listen))?;
     Ok(ExitCode::SUCCESS)
 }
 

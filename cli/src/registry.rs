@@ -64,7 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?;
     tracing::info!(addr = %running.addr, topic = %args.topic, "schema registry listening");
-    crate::shutdown_signal().await;
+    tributary_runtime::shutdown::on_signal().cancelled().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)

@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let sink = Sink::new(config, codec, parts.projection, parts.writer, &metrics);
 
-    let stop = shared_shutdown();
+    let stop = tributary_runtime::shutdown::on_signal();
     let (addr, _server) =
         tributary_runtime::metrics::serve(args.metrics_listen, registry, stop.clone())
             .await
@@ -103,10 +103,4 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("running the {name} sink"))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// One shutdown signal, awaitable by several parts (metrics server and sink).
-fn shared_shutdown() -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
-    use futures::FutureExt;
-    crate::shutdown_signal().boxed().shared()
 }

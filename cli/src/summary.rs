@@ -133,7 +133,7 @@ async fn views(settings: &Settings) -> Vec<(String, String, Result<i64, String>)
 /// consumes: the domain processors' applications, then the sinks (each on the event topics its
 /// projection reads).
 fn groups(topic_prefix: &str) -> Vec<(String, Vec<String>)> {
-    let mut cfg = DomainConfig::from_env();
+    let mut cfg = DomainConfig::local();
     cfg.topics = Topics::new(topic_prefix);
     let mut out: Vec<(String, Vec<String>)> = DomainApp::ALL
         .iter()
@@ -205,7 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let consumer: BaseConsumer = client_config(&brokers).create()?;
     for (topic, parts) in &topics {
         let n: i64 = parts.values().map(|(lo, hi)| hi - lo).sum();
-        let dlq_topic = format!("{topic}.dlq");
+        let dlq_topic = tributary_runtime::dlq::dlq_topic(topic);
         let dlq: i64 = held(&consumer, &dlq_topic)?
             .values()
             .map(|(lo, hi)| hi - lo)

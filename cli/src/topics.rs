@@ -72,7 +72,7 @@ pub async fn create(args: Args) -> anyhow::Result<ExitCode> {
     let options = TopicOptions::log(args.replication_factor);
     let mut broken = 0usize;
     for (base, _) in ALL_TOPICS {
-        let topic = format!("{}{base}", args.topic_prefix);
+        let topic = tributary_runtime::topics::prefixed(&args.topic_prefix, base);
         ensure_topic_with(&args.brokers, &topic, spec, options)
             .await
             .with_context(|| format!("creating topic {topic} at {}", args.brokers))?;

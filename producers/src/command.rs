@@ -40,7 +40,10 @@ pub const MAX_ID_BYTES: usize = 256;
 /// Why a command was refused before it was sent. Never retriable: the input must change.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("unknown command topic `{topic}` (expected one of: commands.users, commands.inventory, commands.orders, commands.payments)")]
+    #[error(
+        "unknown command topic `{topic}` (expected one of: {})",
+        command_topic_names()
+    )]
     UnknownTopic { topic: String },
     #[error("invalid command for `{topic}`: {message}")]
     Invalid { topic: String, message: String },
@@ -63,6 +66,11 @@ struct Input<P> {
     correlation_id: Option<String>,
     causation_id: Option<String>,
     payload: P,
+}
+
+/// The command topics' names, for messages: `commands.users, commands.inventory, ...`.
+fn command_topic_names() -> String {
+    COMMAND_TOPICS.map(|(topic, _)| topic).join(", ")
 }
 
 /// A validated command of one of the command topics.

@@ -248,7 +248,7 @@ pub async fn run(
             }
         }
         *report.by_command.entry(command.name()).or_insert(0) += 1;
-        command.set_timestamp(now_ms());
+        command.set_timestamp(tributary_runtime::clock::now_ms());
         let sender = sender.clone();
         let bar = bar.clone();
         pending.push(async move {
@@ -264,13 +264,6 @@ pub async fn run(
     report.sent = report.by_command.values().sum();
     report.elapsed = started.elapsed();
     Ok(report)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

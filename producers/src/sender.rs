@@ -75,7 +75,7 @@ impl CommandSender {
 
     /// The topic a command goes to.
     pub fn topic_for(&self, command: &Command) -> String {
-        format!("{}{}", self.topic_prefix, command.topic())
+        tributary_runtime::topics::prefixed(&self.topic_prefix, command.topic())
     }
 
     /// Encodes and produces `command` keyed by its aggregate id; returns after the broker's ack.
@@ -106,7 +106,7 @@ impl CommandSender {
         reason: RejectionReason,
         message: String,
     ) -> Result<Delivery, SendError> {
-        let topic = format!("{}{}", self.topic_prefix, RejectionEvent::TOPIC);
+        let topic = tributary_runtime::topics::prefixed(&self.topic_prefix, RejectionEvent::TOPIC);
         let rejected = CommandRejected {
             command_topic: self.topic_for(command),
             command_id: command.id().to_string(),

@@ -68,10 +68,9 @@ fn authenticator() -> Authenticator {
 /// The sum of the high watermarks of `topic`'s partitions: what was ever written to it.
 fn end_offset(brokers: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = client_config(brokers).create().unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = md.topics()[0].partitions().len() as i32;
+    let partitions =
+        tributary_runtime::kafka::partition_count(&consumer, topic, Duration::from_secs(10))
+            .unwrap();
     assert!(partitions > 0, "{topic} has partitions");
     (0..partitions)
         .map(|p| {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError as RdKafkaError;
 use serde::Serialize;
 
 /// The media type Confluent's registry answers with; clients check for it.
@@ -45,14 +45,9 @@ impl RegistryError {
     /// failures with 50001).
     fn is_timeout(&self) -> bool {
         match self {
-            RegistryError::Write { source, .. } | RegistryError::Kafka { source, .. } => matches!(
-                source.rdkafka_error_code(),
-                Some(
-                    RDKafkaErrorCode::MessageTimedOut
-                        | RDKafkaErrorCode::RequestTimedOut
-                        | RDKafkaErrorCode::OperationTimedOut
-                )
-            ),
+            RegistryError::Write { source, .. } | RegistryError::Kafka { source, .. } => {
+                tributary_runtime::kafka::is_timeout(source)
+            }
             _ => false,
         }
     }
@@ -215,6 +210,8 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rdkafka::error::RDKafkaErrorCode;
 
     fn write_error(code: RDKafkaErrorCode) -> ApiError {
         ApiError::Store(RegistryError::Write {

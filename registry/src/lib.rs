@@ -98,11 +98,12 @@ impl RegistryConfig {
 }
 
 impl Default for RegistryConfig {
-    /// Confluent's port 8081 on loopback, brokers from `TRIBUTARY_KAFKA_BROKERS`.
+    /// Confluent's port 8081 on loopback, the local stack's broker (the binary sets `brokers`
+    /// from `--brokers`; libraries never read the environment).
     fn default() -> Self {
         RegistryConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 8081)),
-            tributary_runtime::config::KAFKA_BROKERS.get(),
+            tributary_runtime::config::KAFKA_BROKERS.default,
         )
     }
 }

@@ -17,6 +17,9 @@ pub const SOURCE_PARTITION: &str = "dlq.source.partition";
 pub const SOURCE_OFFSET: &str = "dlq.source.offset";
 /// The source record's timestamp (ms since the epoch; empty when it had none).
 pub const SOURCE_TIMESTAMP: &str = "dlq.source.timestamp";
+/// A failed timer's name, on the dead letter of a processor's timer (which has no source record,
+/// so no `dlq.source.topic`/`dlq.source.offset`: there is nothing to re-drive).
+pub const SOURCE_TIMER: &str = "dlq.source.timer";
 /// The consumer group (processor application id or sink group) that failed the record.
 pub const CONSUMER_GROUP: &str = "dlq.consumer.group";
 pub const ERROR_CLASS: &str = "dlq.error.class";
@@ -146,6 +149,36 @@ impl Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header names are a wire contract: dead letters already on a topic carry them, and
+    /// `tributary dlq` of another version (or a team's own tooling) reads them. A rename here
+    /// is a migration, not a refactoring.
+    #[test]
+    fn header_names_are_the_wire_contract() {
+        let names = [
+            (SOURCE_TOPIC, "dlq.source.topic"),
+            (SOURCE_PARTITION, "dlq.source.partition"),
+            (SOURCE_OFFSET, "dlq.source.offset"),
+            (SOURCE_TIMESTAMP, "dlq.source.timestamp"),
+            (SOURCE_TIMER, "dlq.source.timer"),
+            (CONSUMER_GROUP, "dlq.consumer.group"),
+            (ERROR_CLASS, "dlq.error.class"),
+            (ERROR_MESSAGE, "dlq.error.message"),
+            (REJECTION_REASON, "dlq.rejection.reason"),
+            (HOP_TOPIC, "dlq.hop.topic"),
+            (HOP_PARTITION, "dlq.hop.partition"),
+            (HOP_OFFSET, "dlq.hop.offset"),
+            (REPLAYED_FROM, "dlq.replayed.from"),
+            (ORIGIN, "tributary.origin"),
+        ];
+        for (constant, wire) in names {
+            assert_eq!(constant, wire);
+            assert!(is_pipeline_header(constant), "{constant}");
+        }
+        assert_eq!(dlq_topic("events.orders"), "events.orders.dlq");
+        assert!(is_dlq_topic(&dlq_topic("events.orders")));
+        assert!(!is_dlq_topic("events.orders"));
+    }
 
     #[test]
     fn origin_round_trips_through_its_header_and_needs_every_coordinate() {

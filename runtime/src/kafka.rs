@@ -1,7 +1,9 @@
 //! Kafka clients and topic administration.
 //!
 //! Every Kafka client of every process is built by [`client_config`], which is where
-//! librdkafka properties from the environment are applied: `TRIBUTARY_KAFKA_<PROPERTY>` sets
+//! librdkafka properties from the environment are applied. The binary reads them once at start
+//! ([`properties_from`] over its environment) and hands them to [`install_properties`]; this
+//! library never reads the environment itself. `TRIBUTARY_KAFKA_<PROPERTY>` sets
 //! `<property>`, named the way Confluent's docker images name theirs (lower-cased; `_` is `.`,
 //! `__` is `_`, `___` is `-`). So `TRIBUTARY_KAFKA_SECURITY_PROTOCOL=SASL_SSL` is
 //! `security.protocol=SASL_SSL`, `TRIBUTARY_KAFKA_SASL_MECHANISMS=SCRAM-SHA-512` is
@@ -40,25 +42,65 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
+    /// Whether trying again can help: [`is_retriable`] of the client error, or of the code the
+    /// broker answered a topic operation with.
     pub fn retriable(&self) -> bool {
         match self {
-            KafkaError::Client(e) => e
-                .rdkafka_error_code()
-                .map(|c| {
-                    matches!(
-                        c,
-                        RDKafkaErrorCode::BrokerTransportFailure
-                            | RDKafkaErrorCode::AllBrokersDown
-                            | RDKafkaErrorCode::RequestTimedOut
-                            | RDKafkaErrorCode::OperationTimedOut
-                            | RDKafkaErrorCode::NotCoordinator
-                            | RDKafkaErrorCode::LeaderNotAvailable
-                    )
-                })
-                .unwrap_or(false),
-            KafkaError::CreateTopic { .. } | KafkaError::TopicConfig { .. } => false,
+            KafkaError::Client(e) => is_retriable(e),
+            KafkaError::CreateTopic { code, .. } | KafkaError::TopicConfig { code, .. } => {
+                is_retriable_code(*code)
+            }
         }
     }
+}
+
+/// Whether an operation that failed with `code` can succeed if tried again unchanged: the
+/// broker or the network was unavailable, slow, or in the middle of moving a leader or a
+/// coordinator, or the client's own queue was full. Every process classifies Kafka errors with
+/// this one list (the streams runtime, the sinks, topic administration), so an outage is
+/// retried the same way everywhere and a permanent error (a record too large, an unknown topic,
+/// an authorization failure) is never retried anywhere.
+pub fn is_retriable_code(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        // The connection: the broker is down, restarting, or unreachable.
+        C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::NetworkException
+            // Slow: a request or the whole operation ran past its timeout.
+            | C::RequestTimedOut
+            | C::OperationTimedOut
+            | C::MessageTimedOut
+            // Leadership or coordination moving: metadata catches up within seconds.
+            | C::NotCoordinator
+            | C::CoordinatorNotAvailable
+            | C::CoordinatorLoadInProgress
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            // The client's own queue is full: it drains as deliveries complete.
+            | C::QueueFull
+    )
+}
+
+/// [`is_retriable_code`] of a client error. A transactional error answers for itself
+/// (librdkafka knows whether the transaction can be retried); an error without a code (a client
+/// that could not be created, a bad configuration) is not retriable.
+pub fn is_retriable(e: &rdkafka::error::KafkaError) -> bool {
+    match e {
+        rdkafka::error::KafkaError::Transaction(t) => t.is_retriable(),
+        other => other.rdkafka_error_code().is_some_and(is_retriable_code),
+    }
+}
+
+/// Whether `e` is a timeout (of a request, an operation or a message's delivery): the broker
+/// may have applied the write. The registry answers those with its own error code.
+pub fn is_timeout(e: &rdkafka::error::KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut)
+    )
 }
 
 /// Prefix of the environment variables that set librdkafka properties.
@@ -110,30 +152,29 @@ pub fn properties_from(vars: impl IntoIterator<Item = (String, String)>) -> Vec<
     props
 }
 
-/// The librdkafka properties of this process's environment.
-pub fn properties_from_env() -> Vec<(String, String)> {
-    properties_from(
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-    )
+/// The properties every client of this process gets, installed once by the binary.
+static PROPERTIES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Sets the librdkafka properties every [`client_config`] of this process applies (the binary
+/// calls this at start with [`properties_from`] of its environment, before any client exists).
+/// One set per process, as the environment is: a second call is ignored and returns `false`.
+pub fn install_properties(props: Vec<(String, String)>) -> bool {
+    if !props.is_empty() {
+        // Names only: values may be passwords.
+        let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
+        tracing::info!(properties = ?names, "kafka client properties from the environment");
+    }
+    PROPERTIES.set(props).is_ok()
 }
 
 /// A client configuration pointing at `brokers`, with the settings every client here shares and
-/// the properties of the environment (see the module doc).
+/// the properties the binary installed (see the module doc; none when nothing was installed, as
+/// in tests and examples).
 pub fn client_config(brokers: &str) -> ClientConfig {
-    static LOGGED: std::sync::Once = std::sync::Once::new();
-    let props = properties_from_env();
-    LOGGED.call_once(|| {
-        if !props.is_empty() {
-            // Names only: values may be passwords.
-            let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
-            tracing::info!(properties = ?names, "kafka client properties from the environment");
-        }
-    });
-    client_config_with(brokers, &props)
+    client_config_with(brokers, PROPERTIES.get().map_or(&[], Vec::as_slice))
 }
 
-/// [`client_config`] with `props` in place of the environment's.
+/// [`client_config`] with `props` in place of the installed ones.
 pub fn client_config_with(brokers: &str, props: &[(String, String)]) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
@@ -289,6 +330,28 @@ pub async fn retain_forever(
     Ok(())
 }
 
+/// How many partitions `topic` has, from the broker's metadata; 0 when the topic does not exist
+/// (or the broker reports an error for it, which for a topic is the same to a caller: nothing to
+/// read or to co-partition with). The one partition probe of every process.
+pub fn partition_count<C, K>(
+    client: &K,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, rdkafka::error::KafkaError>
+where
+    C: rdkafka::consumer::ConsumerContext,
+    K: rdkafka::consumer::Consumer<C>,
+{
+    let md = client.fetch_metadata(Some(topic), timeout)?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    // A partition count is an i32 in Kafka's protocol; the metadata cannot hold more.
+    Ok(i32::try_from(n).unwrap_or(i32::MAX))
+}
+
 /// A topic name unique to this call, for tests and scratch work: `<prefix>-<uuid>`.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -349,6 +412,59 @@ mod tests {
                 ("ssl.ca.location", "/etc/ca.pem"),
             ])
         );
+    }
+
+    #[test]
+    fn retriable_codes_are_outages_never_bad_requests() {
+        use rdkafka::error::KafkaError as K;
+        use RDKafkaErrorCode as C;
+        let retriable = [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::NetworkException,
+            C::RequestTimedOut,
+            C::OperationTimedOut,
+            C::MessageTimedOut,
+            C::NotCoordinator,
+            C::CoordinatorNotAvailable,
+            C::CoordinatorLoadInProgress,
+            C::LeaderNotAvailable,
+            C::NotLeaderForPartition,
+            C::QueueFull,
+        ];
+        for c in retriable {
+            assert!(is_retriable_code(c), "{c:?}");
+            assert!(is_retriable(&K::MessageProduction(c)), "{c:?}");
+        }
+        let permanent = [
+            C::MessageSizeTooLarge,
+            C::InvalidMessageSize,
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::TopicAlreadyExists,
+            C::InvalidConfig,
+            C::ProducerFenced,
+            C::Fatal,
+            C::UnsupportedFeature,
+        ];
+        for c in permanent {
+            assert!(!is_retriable_code(c), "{c:?}");
+        }
+        // No code: the client could not even be built.
+        assert!(!is_retriable(&K::ClientCreation("bad".into())));
+        let created = KafkaError::CreateTopic {
+            topic: "t".into(),
+            code: C::RequestTimedOut,
+        };
+        assert!(created.retriable());
+        let exists = KafkaError::CreateTopic {
+            topic: "t".into(),
+            code: C::InvalidReplicationFactor,
+        };
+        assert!(!exists.retriable());
+        assert!(is_timeout(&K::MessageProduction(C::MessageTimedOut)));
+        assert!(!is_timeout(&K::MessageProduction(C::QueueFull)));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! Every component registers its metrics in an explicit [`prometheus::Registry`] (never the
 //! global default), so a test can read exactly what one component exported.
 
-use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::http::header;
@@ -11,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
 
 /// The routes, to mount on a server of one's own (the gateway serves them beside its API).
 pub fn routes(registry: Registry) -> Router {
@@ -39,18 +39,18 @@ async fn render(registry: Registry) -> impl IntoResponse {
     )
 }
 
-/// Serves `/metrics` and `/health` on `addr` until `shutdown` completes. Returns the bound
+/// Serves `/metrics` and `/health` on `addr` until `shutdown` is cancelled. Returns the bound
 /// address (port 0 picks one) and the server task.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         axum::serve(listener, routes(registry))
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
     });
     Ok((bound, task))

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use apache_avro::schema::{Name, ResolvedSchema, SchemaKind};
 use apache_avro::types::Value;
@@ -117,7 +116,7 @@ impl<P> Envelope<P> {
             sequence: 0,
             causation_id: None,
             correlation_id: correlation_id.into(),
-            timestamp: now_millis(),
+            timestamp: tributary_runtime::clock::now_ms(),
             payload: payload.into(),
         }
     }
@@ -139,14 +138,6 @@ impl<P> Envelope<P> {
         self.sequence = sequence;
         self
     }
-}
-
-fn now_millis() -> i64 {
-    // A clock before 1970 is a broken host; 0 is as good as any value there.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The union enum that is the `payload` of one topic's envelope.

@@ -13,13 +13,11 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-// The header names and the topic's name have one home, shared with the processors and
-// `tributary dlq`.
-pub use tributary_runtime::dlq::{
-    dlq_topic, CONSUMER_GROUP as HEADER_CONSUMER_GROUP, ERROR_CLASS as HEADER_ERROR_CLASS,
-    ERROR_MESSAGE as HEADER_ERROR_MESSAGE, SOURCE_OFFSET as HEADER_SOURCE_OFFSET,
-    SOURCE_PARTITION as HEADER_SOURCE_PARTITION, SOURCE_TIMESTAMP as HEADER_SOURCE_TIMESTAMP,
-    SOURCE_TOPIC as HEADER_SOURCE_TOPIC,
+// The header names and the topic's name have one home, `tributary_runtime::dlq`, shared with
+// the processors and `tributary dlq`.
+use tributary_runtime::dlq::{
+    dlq_topic, CONSUMER_GROUP, ERROR_CLASS, ERROR_MESSAGE, SOURCE_OFFSET, SOURCE_PARTITION,
+    SOURCE_TIMESTAMP, SOURCE_TOPIC,
 };
 
 /// Why a record was dead-lettered; the value of the `dlq.error.class` header.
@@ -111,31 +109,31 @@ impl DeadLetterQueue {
         }
         let headers = headers
             .insert(Header {
-                key: HEADER_SOURCE_TOPIC,
+                key: SOURCE_TOPIC,
                 value: Some(letter.topic.as_bytes()),
             })
             .insert(Header {
-                key: HEADER_SOURCE_PARTITION,
+                key: SOURCE_PARTITION,
                 value: Some(partition.as_bytes()),
             })
             .insert(Header {
-                key: HEADER_SOURCE_OFFSET,
+                key: SOURCE_OFFSET,
                 value: Some(offset.as_bytes()),
             })
             .insert(Header {
-                key: HEADER_ERROR_CLASS,
+                key: ERROR_CLASS,
                 value: Some(letter.class.as_str().as_bytes()),
             })
             .insert(Header {
-                key: HEADER_ERROR_MESSAGE,
+                key: ERROR_MESSAGE,
                 value: Some(letter.message.as_bytes()),
             })
             .insert(Header {
-                key: HEADER_SOURCE_TIMESTAMP,
+                key: SOURCE_TIMESTAMP,
                 value: Some(timestamp.as_bytes()),
             })
             .insert(Header {
-                key: HEADER_CONSUMER_GROUP,
+                key: CONSUMER_GROUP,
                 value: Some(letter.group.as_bytes()),
             });
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);

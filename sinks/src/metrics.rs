@@ -4,7 +4,7 @@
 //! Names follow `tributary_sink_<name>_<unit>[_total]`; the only labels are the sink's name and
 //! the view's name, both bounded. Values are updated once per batch, never per record.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -234,7 +234,7 @@ impl SinkMetrics {
         if took > SLOW_WRITE {
             self.slow.inc();
         }
-        let now_ms = now_millis();
+        let now_ms = tributary_runtime::clock::now_ms();
         let mut latest: Vec<(&'static str, i64)> = Vec::new();
         for c in changes {
             self.visible
@@ -291,13 +291,6 @@ impl SinkMetrics {
     }
 }
 
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,7 +314,7 @@ mod tests {
             view: "orders",
             key: "o-1".to_string(),
             version: 1,
-            event_time_ms: now_millis() - age_ms,
+            event_time_ms: tributary_runtime::clock::now_ms() - age_ms,
             op: crate::change::Op::Delete,
         };
         let changes = [change(5), change(300), change(3_000)];

@@ -59,7 +59,7 @@ pub fn options(stores: &[&'static dyn Store]) -> Vec<StoreOption> {
 
 /// The consumer group of `store`'s sink in a pipeline started with `topic_prefix`.
 pub fn sink_group(topic_prefix: &str, store: &str) -> String {
-    format!("{topic_prefix}tributary-sink-{store}")
+    tributary_runtime::topics::prefixed(topic_prefix, &format!("tributary-sink-{store}"))
 }
 
 /// The store of `stores` whose sink is the consumer group `group`, if `group` is a sink's.
@@ -81,7 +81,7 @@ pub fn sources(projection: &dyn Projection, topic_prefix: &str) -> Vec<SourceTop
         .streams()
         .iter()
         .map(|&stream| SourceTopic {
-            topic: format!("{topic_prefix}{}", stream.topic()),
+            topic: tributary_runtime::topics::prefixed(topic_prefix, stream.topic()),
             stream,
         })
         .collect()

@@ -20,9 +20,9 @@ use redis::AsyncCommands;
 use runner_common::*;
 use serde_json::{json, Value};
 use tributary_runtime::config::{ELASTICSEARCH_URL, MONGODB_URL, REDIS_URL};
+use tributary_runtime::dlq::{dlq_topic, CONSUMER_GROUP, ERROR_CLASS, ERROR_MESSAGE};
 use tributary_runtime::kafka::unique_name;
 use tributary_sinks::change::ViewWriter;
-use tributary_sinks::dlq::{dlq_topic, HEADER_CONSUMER_GROUP, HEADER_ERROR_CLASS};
 use tributary_sinks::elasticsearch::indices::{drop_all, INDICES};
 use tributary_sinks::elasticsearch::projection::{EsProjection, ORDERS, PRODUCTS};
 use tributary_sinks::elasticsearch::EsWriter;
@@ -302,6 +302,7 @@ async fn postgres_role_without_insert_is_waited_for_not_dead_lettered() {
     let codec = codec();
     let admin_config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let schema = admin_config.schema.clone().expect("schema");
@@ -517,6 +518,7 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
     // The four stores.
     let pg_config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let pg = PostgresWriter::connect(&pg_config).await.expect("postgres");
@@ -627,8 +629,8 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
             let has = |letters: &[Letter], group: &str, key: &str| {
                 letters.iter().any(|l| {
                     l.key.as_deref() == Some(key.as_bytes())
-                        && l.headers.get(HEADER_CONSUMER_GROUP).map(String::as_str) == Some(group)
-                        && l.headers.get(HEADER_ERROR_CLASS).map(String::as_str) == Some("rejected")
+                        && l.headers.get(CONSUMER_GROUP).map(String::as_str) == Some(group)
+                        && l.headers.get(ERROR_CLASS).map(String::as_str) == Some("rejected")
                 })
             };
             let [pg_group, mongo_group, redis_group, es_group] = [0, 1, 2, 3].map(|i| &groups[i]);
@@ -645,13 +647,13 @@ async fn an_8kb_id_is_dead_lettered_by_every_sink_and_the_next_record_applied() 
                 .iter()
                 .find(|l| {
                     l.key.as_deref() == Some(&b"o-long-user"[..])
-                        && l.headers.get(HEADER_CONSUMER_GROUP) == Some(pg_group)
+                        && l.headers.get(CONSUMER_GROUP) == Some(pg_group)
                 })
                 .expect("PostgreSQL dead-lettered the order with the 8 KB user id");
             assert!(
-                pg_long_user.headers["dlq.error.message"].contains("54000"),
+                pg_long_user.headers[ERROR_MESSAGE].contains("54000"),
                 "{:?}",
-                pg_long_user.headers["dlq.error.message"]
+                pg_long_user.headers[ERROR_MESSAGE]
             );
             // Nothing else: every other record was applied.
             assert!(

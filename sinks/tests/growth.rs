@@ -44,6 +44,7 @@ async fn every_store_reports_its_views_sizes() {
     let schema = unique_name("growth").replace('-', "_");
     let pg = PostgresWriter::connect(&PostgresConfig {
         schema: Some(schema.clone()),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     })
     .await

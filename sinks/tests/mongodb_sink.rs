@@ -9,9 +9,9 @@ use std::time::Duration;
 use mongodb::bson::{doc, Document};
 use runner_common::*;
 use tributary_runtime::config::MONGODB_URL;
+use tributary_runtime::dlq::{dlq_topic, ERROR_CLASS};
 use tributary_runtime::kafka::unique_name;
 use tributary_schemas::types::*;
-use tributary_sinks::dlq::{dlq_topic, HEADER_ERROR_CLASS};
 use tributary_sinks::mongodb::projection::{MongoProjection, NOTIFICATIONS, PRODUCTS};
 use tributary_sinks::mongodb::{migrate, MongoWriter};
 use tributary_sinks::runner::EventStream;
@@ -126,10 +126,7 @@ async fn mongodb_sink_applies_the_log_and_dead_letters_a_rejected_record() {
             assert_eq!(letters.len(), 1);
             assert_eq!(letters[0].key.as_deref(), Some(&b"p3"[..]));
             assert_eq!(
-                letters[0]
-                    .headers
-                    .get(HEADER_ERROR_CLASS)
-                    .map(String::as_str),
+                letters[0].headers.get(ERROR_CLASS).map(String::as_str),
                 Some("rejected")
             );
         }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use runner_common::*;
 use serde_json::Value;
 use sqlx::PgPool;
+use tributary_runtime::dlq::{
+    dlq_topic, ERROR_CLASS, ERROR_MESSAGE, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC,
+};
 use tributary_runtime::kafka::unique_name;
 use tributary_schemas::Codec;
-use tributary_sinks::dlq::{
-    dlq_topic, HEADER_ERROR_CLASS, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
-};
 use tributary_sinks::postgres::views::{ViewKind, VIEWS};
 use tributary_sinks::postgres::{
     migrate, PostgresConfig, PostgresProjection, PostgresWriter, MIGRATOR,
@@ -33,6 +33,7 @@ const STREAMS: &[EventStream] = &[
 async fn fresh_store() -> (PostgresConfig, PostgresWriter) {
     let config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let writer = PostgresWriter::connect(&config)
@@ -354,36 +355,30 @@ async fn poison_records_go_to_the_dlq_and_the_sink_continues() {
     let by_class = |class: &str| {
         letters
             .iter()
-            .find(|l| l.headers.get(HEADER_ERROR_CLASS).map(String::as_str) == Some(class))
+            .find(|l| l.headers.get(ERROR_CLASS).map(String::as_str) == Some(class))
             .cloned()
             .unwrap_or_else(|| panic!("a `{class}` dead letter in {letters:?}"))
     };
     let junk = by_class("decode");
     assert_eq!(junk.key.as_deref(), Some(&b"junk"[..]));
     assert_eq!(junk.value.as_deref(), Some(&b"not avro at all"[..]));
-    assert_eq!(junk.headers.get(HEADER_SOURCE_TOPIC), Some(&topic));
+    assert_eq!(junk.headers.get(SOURCE_TOPIC), Some(&topic));
     assert_eq!(
-        junk.headers.get(HEADER_SOURCE_OFFSET).map(String::as_str),
+        junk.headers.get(SOURCE_OFFSET).map(String::as_str),
         Some("1")
     );
-    assert!(junk.headers["dlq.error.message"].contains("magic byte"));
+    assert!(junk.headers[ERROR_MESSAGE].contains("magic byte"));
     let rejected = by_class("rejected");
     assert_eq!(rejected.key.as_deref(), Some(&b"o2"[..]));
     assert_eq!(
-        rejected
-            .headers
-            .get(HEADER_SOURCE_OFFSET)
-            .map(String::as_str),
+        rejected.headers.get(SOURCE_OFFSET).map(String::as_str),
         Some("2")
     );
     assert_eq!(
-        rejected
-            .headers
-            .get("dlq.source.partition")
-            .map(String::as_str),
+        rejected.headers.get(SOURCE_PARTITION).map(String::as_str),
         Some("0")
     );
-    assert!(rejected.headers["dlq.error.message"].contains("23514"));
+    assert!(rejected.headers[ERROR_MESSAGE].contains("23514"));
     sink.stop().await;
     drop_schema(&config, writer.pool()).await;
 }
@@ -392,6 +387,7 @@ async fn poison_records_go_to_the_dlq_and_the_sink_continues() {
 async fn migrations_apply_once_even_when_two_run_at_once() {
     let config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let (a, b) = (config.pool().expect("pool"), config.pool().expect("pool"));
@@ -434,7 +430,10 @@ async fn migrations_apply_once_even_when_two_run_at_once() {
 #[tokio::test]
 async fn store_outage_loses_nothing_and_dead_letters_nothing() {
     let codec = codec();
-    let real = PostgresConfig::default();
+    let real = PostgresConfig {
+        url: tributary_runtime::config::DATABASE_URL.get(),
+        ..PostgresConfig::default()
+    };
     let target = {
         let opts: sqlx::postgres::PgConnectOptions = real.url.parse().expect("database url");
         format!("{}:{}", opts.get_host(), opts.get_port())
@@ -486,6 +485,7 @@ async fn store_outage_loses_nothing_and_dead_letters_nothing() {
     // Read through a direct connection: the proxy's state does not matter here.
     let direct = PostgresConfig {
         schema: config.schema.clone(),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     }
     .pool()
@@ -559,6 +559,7 @@ async fn crash_child() {
     };
     let config = PostgresConfig {
         schema: Some(schema.to_string()),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let writer = PostgresWriter::connect(&config).await.expect("postgres");

@@ -34,6 +34,7 @@ fn order(i: usize) -> Change {
 async fn postgres_writer_throughput() {
     let config = PostgresConfig {
         schema: Some(unique_name("bench").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let writer = PostgresWriter::connect(&config).await.expect("postgres");

@@ -322,6 +322,7 @@ async fn postgres_rebuild_swaps_in_a_complete_schema() {
     use tributary_sinks::postgres::{PostgresConfig, PostgresProjection, PostgresWriter};
     let pg_config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let writer = PostgresWriter::connect(&pg_config)

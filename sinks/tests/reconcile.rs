@@ -149,6 +149,7 @@ async fn postgres_reconcile_finds_and_repairs_exactly_the_drift() {
     use tributary_sinks::postgres::{PostgresConfig, PostgresProjection, PostgresWriter};
     let pg_config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let writer = PostgresWriter::connect(&pg_config)
@@ -280,6 +281,7 @@ async fn a_second_reconcile_of_a_store_is_refused_while_the_first_holds_the_lock
     use tributary_sinks::postgres::{PostgresConfig, PostgresProjection, PostgresWriter};
     let pg_config = PostgresConfig {
         schema: Some(unique_name("t").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     let writer = PostgresWriter::connect(&pg_config)
@@ -492,10 +494,7 @@ async fn redis_reconcile_finds_and_repairs_exactly_the_drift() {
     ];
     let sources = topics("reconcile-redis", &streams, 2).await;
     let codec = codec();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = tributary_runtime::clock::now_ms();
     // Sessions and the rate window of o2 are recent, so they live; o1's window is long gone.
     let recent = |mut e: UserEventEnvelope| {
         e.timestamp = now;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use runner_common::*;
+use tributary_runtime::clock::now_ms;
 use tributary_runtime::config::REDIS_URL;
 use tributary_runtime::kafka::unique_name;
 use tributary_schemas::types::Envelope;
@@ -150,13 +151,6 @@ fn start(name: &str, sources: &[SourceTopic], writer: &RedisWriter) -> (Running,
         Arc::new(writer.clone()),
     );
     (running, group)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[tokio::test]

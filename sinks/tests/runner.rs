@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use runner_common::*;
+use tributary_runtime::dlq::{dlq_topic, ERROR_CLASS, SOURCE_OFFSET};
 use tributary_schemas::types::TopicPayload;
 use tributary_sinks::change::{Change, Op, ViewWriter, WriteError, WriteOutcome};
-use tributary_sinks::dlq::{dlq_topic, HEADER_ERROR_CLASS};
 use tributary_sinks::runner::{Event, EventStream, ProjectError, Projection, Tombstone};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -224,17 +224,11 @@ async fn a_rejected_record_is_dead_lettered_and_the_rest_of_its_batch_applied() 
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].key.as_deref(), Some(&b"bad"[..]));
     assert_eq!(
-        letters[0]
-            .headers
-            .get(HEADER_ERROR_CLASS)
-            .map(String::as_str),
+        letters[0].headers.get(ERROR_CLASS).map(String::as_str),
         Some("rejected")
     );
     assert_eq!(
-        letters[0]
-            .headers
-            .get("dlq.source.offset")
-            .map(String::as_str),
+        letters[0].headers.get(SOURCE_OFFSET).map(String::as_str),
         Some("1")
     );
     sink.stop().await;
@@ -303,7 +297,7 @@ async fn an_unreachable_schema_registry_is_waited_for_not_dead_lettered() {
 async fn only_the_bad_change_of_an_entity_is_dead_lettered_with_its_origin() {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
-    use tributary_sinks::dlq::{HEADER_CONSUMER_GROUP, HEADER_SOURCE_TIMESTAMP};
+    use tributary_runtime::dlq::{CONSUMER_GROUP, SOURCE_TIMESTAMP};
     let sources = topics("runner-mixed", &[EventStream::Orders], 1).await;
     let store = Arc::new(Memory::default());
     let mut config = sink_config("runner-mixed", &sources);
@@ -357,18 +351,15 @@ async fn only_the_bad_change_of_an_entity_is_dead_lettered_with_its_origin() {
     let letters = read_all(&dlq_topic(&sources[0].topic), Duration::from_secs(3), WAIT);
     assert_eq!(letters.len(), 1, "{letters:?}");
     let h = &letters[0].headers;
-    assert_eq!(h.get("dlq.source.offset").map(String::as_str), Some("1"));
-    assert_eq!(
-        h.get(HEADER_ERROR_CLASS).map(String::as_str),
-        Some("rejected")
-    );
+    assert_eq!(h.get(SOURCE_OFFSET).map(String::as_str), Some("1"));
+    assert_eq!(h.get(ERROR_CLASS).map(String::as_str), Some("rejected"));
     // Where it came from: the original headers and timestamp, and whose failure it is.
     assert_eq!(h.get("traceparent").map(String::as_str), Some("trace-1"));
     assert_eq!(
-        h.get(HEADER_SOURCE_TIMESTAMP).map(String::as_str),
+        h.get(SOURCE_TIMESTAMP).map(String::as_str),
         Some((SENT_AT + 1).to_string().as_str())
     );
-    assert_eq!(h.get(HEADER_CONSUMER_GROUP), Some(&group));
+    assert_eq!(h.get(CONSUMER_GROUP), Some(&group));
     sink.stop().await;
 }
 

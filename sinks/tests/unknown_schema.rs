@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use runner_common::*;
 use tributary_registry::{Compatibility, RegistryConfig, RunningRegistry};
 use tributary_runtime::config::KAFKA_BROKERS;
+use tributary_runtime::dlq::{dlq_topic, ERROR_CLASS, ERROR_MESSAGE};
 use tributary_runtime::kafka::unique_name;
 use tributary_schemas::codec::{frame, split_header};
 use tributary_schemas::types::UserEventEnvelope;
 use tributary_schemas::{AvroRecord, Codec};
-use tributary_sinks::dlq::{dlq_topic, HEADER_ERROR_CLASS};
 use tributary_sinks::postgres::{PostgresConfig, PostgresProjection, PostgresWriter};
 use tributary_sinks::runner::EventStream;
 
@@ -48,6 +48,7 @@ fn framed(id: u32, event: &UserEventEnvelope) -> Vec<u8> {
 async fn fresh_store() -> PostgresWriter {
     let config = PostgresConfig {
         schema: Some(unique_name("grace").replace('-', "_")),
+        url: tributary_runtime::config::DATABASE_URL.get(),
         ..PostgresConfig::default()
     };
     PostgresWriter::connect(&config)
@@ -169,14 +170,11 @@ async fn an_id_still_unknown_after_the_grace_is_dead_lettered() {
         started.elapsed()
     );
     assert_eq!(
-        letters[0]
-            .headers
-            .get(HEADER_ERROR_CLASS)
-            .map(String::as_str),
+        letters[0].headers.get(ERROR_CLASS).map(String::as_str),
         Some("decode")
     );
     assert!(
-        letters[0].headers["dlq.error.message"].contains("4000000"),
+        letters[0].headers[ERROR_MESSAGE].contains("4000000"),
         "{:?}",
         letters[0].headers
     );

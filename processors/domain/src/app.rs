@@ -62,11 +62,13 @@ pub struct DomainConfig {
 }
 
 impl DomainConfig {
-    /// Addresses from the `TRIBUTARY_*` variables, the real topic names, defaults elsewhere.
-    pub fn from_env() -> DomainConfig {
+    /// The local stack's addresses, the real topic names, defaults elsewhere. The binary sets
+    /// `brokers` and `registry_url` from its flags (libraries never read the environment:
+    /// `tributary_runtime::config`).
+    pub fn local() -> DomainConfig {
         DomainConfig {
-            brokers: KAFKA_BROKERS.get(),
-            registry_url: SCHEMA_REGISTRY_URL.get(),
+            brokers: KAFKA_BROKERS.default.to_string(),
+            registry_url: SCHEMA_REGISTRY_URL.default.to_string(),
             unknown_schema_grace: tributary_schemas::DEFAULT_UNKNOWN_SCHEMA_GRACE,
             topics: Topics::default(),
             state_dir: std::env::temp_dir().join("tributary-processors"),
@@ -85,6 +87,13 @@ impl DomainConfig {
         }
     }
 }
+
+/// The recovery tests' kill switch (`testing` feature); without it, no value can be built, so
+/// the binary has no path that stops like `kill -9`.
+#[cfg(feature = "testing")]
+type Kill = (CancellationToken, tributary_streams::KillPoint);
+#[cfg(not(feature = "testing"))]
+type Kill = std::convert::Infallible;
 
 /// The boxed future an [`App`] builds its processors in.
 pub type Building<'a> = Pin<Box<dyn Future<Output = Result<Factory>> + Send + 'a>>;
@@ -209,7 +218,8 @@ impl DomainApp {
     }
 
     /// Like [`run`](Self::run), stopping as `kill -9` would at `point` of a commit once `kill`
-    /// fires (the recovery tests run apps in-process).
+    /// fires (the recovery tests run apps in-process; only with the `testing` feature).
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub async fn run_with_kill_switch(
         self,
@@ -227,7 +237,7 @@ impl DomainApp {
         cfg: &DomainConfig,
         metrics: Option<&Registry>,
         shutdown: CancellationToken,
-        kill: Option<(CancellationToken, tributary_streams::KillPoint)>,
+        kill: Option<Kill>,
     ) -> Result<()> {
         if cfg.create_topics {
             cfg.topics.ensure(&cfg.brokers, cfg.partitions).await?;
@@ -268,7 +278,10 @@ impl DomainApp {
         let app = b.processor(factory).build()?;
         match kill {
             None => app.run(shutdown).await?,
+            #[cfg(feature = "testing")]
             Some((kill, point)) => app.run_with_kill_switch(shutdown, kill, point).await?,
+            #[cfg(not(feature = "testing"))]
+            Some(never) => match never {},
         }
         Ok(())
     }

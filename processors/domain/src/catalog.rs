@@ -207,15 +207,11 @@ impl Feed {
     /// Waits until `group` has committed, on every partition of `topic`, at least the end the
     /// partition has now. False at the deadline.
     fn wait_committed(&self, group: &BaseConsumer, topic: &str, deadline: Instant) -> Result<bool> {
-        let md = self
-            .watermarks
-            .fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let partitions = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
+        let partitions = tributary_runtime::kafka::partition_count(
+            &self.watermarks,
+            topic,
+            Duration::from_secs(5),
+        )?;
         let mut ends = TopicPartitionList::new();
         let mut high = Vec::new();
         for p in 0..partitions {

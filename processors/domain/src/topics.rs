@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use tributary_runtime::kafka::{client_config, ensure_topic_with, TopicOptions, TopicSpec};
+use rdkafka::consumer::BaseConsumer;
+use tributary_runtime::kafka::{
+    client_config, ensure_topic_with, partition_count, TopicOptions, TopicSpec,
+};
 
 use tributary_schemas::domain::{
     AnalyticsEvent, InventoryCommand, InventoryEvent, NotificationEvent, OrderCommand, OrderEvent,
@@ -29,7 +31,7 @@ impl Topics {
     }
 
     pub fn name(&self, base: &str) -> String {
-        format!("{}{base}", self.prefix)
+        tributary_runtime::topics::prefixed(&self.prefix, base)
     }
 
     pub fn commands_users(&self) -> String {
@@ -154,13 +156,7 @@ pub(crate) fn partition_counts(brokers: &str, topics: &[String]) -> Result<Vec<(
     let probe: BaseConsumer = client_config(brokers).create()?;
     let mut out = Vec::new();
     for topic in topics {
-        let md = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
+        let n = partition_count(&probe, topic, Duration::from_secs(10))?;
         out.push((topic.clone(), n));
     }
     Ok(out)

@@ -96,15 +96,12 @@ fn read_letters(topic: &str, want: usize) -> Vec<Letter> {
         .set("enable.auto.commit", "false")
         .create()
         .expect("reader");
-    let partitions = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    let partitions = tributary_runtime::kafka::partition_count(&c, topic, Duration::from_secs(10))
         .expect("metadata")
-        .topics()
-        .first()
-        .map_or(1, |t| t.partitions().len().max(1));
+        .max(1);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .expect("tpl");
     }
     c.assign(&tpl).expect("assign");

@@ -12,6 +12,7 @@ use tributary_processors::invariants::{self, Outcome};
 use tributary_processors::DomainApp;
 use tributary_producers::Command;
 use tributary_runtime::config::KAFKA_BROKERS;
+use tributary_runtime::dlq;
 use tributary_runtime::kafka::client_config;
 use tributary_schemas::domain::*;
 use tributary_schemas::types::TopicPayload;
@@ -161,7 +162,7 @@ async fn saga_paths_success_stock_out_decline_and_invalid() {
         .all(|(t, r)| t == "PlaceOrder" && *r == RejectionReason::ValidationFailed));
 
     // ...and each refused command is also in its topic's dead-letter topic, with its reason.
-    let dlq = format!("{}.dlq", p.cfg.topics.commands_orders());
+    let dlq = dlq::dlq_topic(&p.cfg.topics.commands_orders());
     let dead = tokio::task::spawn_blocking(move || read_raw(&dlq, 3))
         .await
         .expect("reader");
@@ -173,19 +174,19 @@ async fn saga_paths_success_stock_out_decline_and_invalid() {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
-        assert_eq!(header("dlq.error.class").as_deref(), Some("rejected"));
+        assert_eq!(header(dlq::ERROR_CLASS).as_deref(), Some("rejected"));
         assert_eq!(
-            header("dlq.rejection.reason").as_deref(),
+            header(dlq::REJECTION_REASON).as_deref(),
             Some("ValidationFailed")
         );
         // The producer's record, not the saga's internal hop that refused it.
         assert_eq!(
-            header("dlq.source.topic"),
+            header(dlq::SOURCE_TOPIC),
             Some(p.cfg.topics.commands_orders())
         );
-        assert!(header("dlq.source.offset").is_some() && header("dlq.hop.topic").is_some());
+        assert!(header(dlq::SOURCE_OFFSET).is_some() && header(dlq::HOP_TOPIC).is_some());
         assert_eq!(
-            header("dlq.consumer.group"),
+            header(dlq::CONSUMER_GROUP),
             Some(DomainApp::Orders.application_id(&p.cfg))
         );
     }
@@ -466,7 +467,7 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
 
     // The garbage was checked by the first stage that read it and dead-lettered from the
     // producer's own topic.
-    let dlq = format!("{}.dlq", p.cfg.topics.commands_orders());
+    let dlq = dlq::dlq_topic(&p.cfg.topics.commands_orders());
     let dead = tokio::task::spawn_blocking(move || read_raw(&dlq, 1))
         .await
         .expect("reader");
@@ -475,7 +476,7 @@ async fn seeded_workload_across_restarts_holds_every_invariant_and_bad_records_g
     let class = dead[0]
         .1
         .iter()
-        .find(|(k, _)| k == "dlq.error.class")
+        .find(|(k, _)| k == dlq::ERROR_CLASS)
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     assert_eq!(class.as_deref(), Some("decode"));
     p.stop_all().await;

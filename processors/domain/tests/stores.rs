@@ -41,6 +41,7 @@ impl Stores {
         let pg_schema = unique_name("saga").replace('-', "_");
         let pg = PostgresWriter::connect(&PostgresConfig {
             schema: Some(pg_schema.clone()),
+            url: tributary_runtime::config::DATABASE_URL.get(),
             ..PostgresConfig::default()
         })
         .await
@@ -128,6 +129,7 @@ impl Stores {
         for (name, projection, writer) in sinks {
             let streams = projection.streams().to_vec();
             let mut config = SinkConfig::new(name);
+            config.brokers = tributary_runtime::config::KAFKA_BROKERS.get();
             config.group_id = format!("{}sink-{name}", t.prefix);
             config.sources = sources
                 .iter()
@@ -138,7 +140,7 @@ impl Stores {
             let sink = Sink::new(config, p.codec.clone(), projection, writer, &metrics);
             let stop = stop.clone();
             handles.push(tokio::spawn(async move {
-                sink.run(async move { stop.cancelled().await })
+                sink.run(stop)
                     .await
                     .unwrap_or_else(|e| panic!("the {name} sink ran cleanly: {e}"));
             }));

@@ -171,7 +171,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&state);
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         client_config(&brokers).create()?;
-    let dlq = format!("{input}.dlq");
+    let dlq = tributary_runtime::dlq::dlq_topic(&input);
     let changelogs = [
         format!("{app_id}-counts-changelog"),
         format!("{app_id}-_timers-changelog"),

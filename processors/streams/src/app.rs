@@ -8,7 +8,9 @@ use std::time::Duration;
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
-use tributary_runtime::kafka::{client_config, close_consumer, ensure_topic, TopicSpec};
+use tributary_runtime::kafka::{
+    client_config, close_consumer, ensure_topic, partition_count, TopicSpec,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Guarantee, StreamsConfig};
@@ -183,7 +185,9 @@ impl StreamsApp {
 
     /// Like [`run`](Self::run), plus `kill`, which stops the engine the way `kill -9` would at
     /// `point` of the next commit once the token fires: nothing after it is done, nothing is
-    /// flushed. For the recovery tests, which run instances in-process.
+    /// flushed. For the recovery tests, which run instances in-process: only with the `testing`
+    /// feature, so no deployed binary can carry it.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub async fn run_with_kill_switch(
         self,
@@ -278,13 +282,7 @@ fn input_partitions(cfg: &StreamsConfig) -> Result<i32> {
     let probe: BaseConsumer = client_config(&cfg.brokers).create()?;
     let mut max = 0;
     for topic in &cfg.inputs {
-        let md = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
+        let n = partition_count(&probe, topic, Duration::from_secs(10))?;
         if n == 0 {
             return Err(Error::Config(format!(
                 "input topic `{topic}` does not exist"

@@ -1,4 +1,4 @@
-//! The one wall clock of the runtime. Processors read it through [`Context::now_ms`]
+//! The clock of the streams runtime. Processors read it through [`Context::now_ms`]
 //! (crate::Context::now_ms), so that the test driver can move time by hand and a saga timeout or
 //! a retention sweep is tested without sleeping.
 
@@ -10,7 +10,7 @@ pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
 }
 
-/// This machine's clock.
+/// This machine's clock ([`tributary_runtime::clock::now_ms`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -20,14 +20,9 @@ impl Clock for SystemClock {
     }
 }
 
-/// Milliseconds since the Unix epoch on this machine's clock (0 before 1970, saturating far
-/// after it).
-pub fn system_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch on this machine's clock: `tributary_runtime::clock::now_ms`,
+/// the definition every process shares, re-exported under the name this crate has used.
+pub use tributary_runtime::clock::now_ms as system_now_ms;
 
 /// A clock that moves only when told to (tests).
 #[derive(Debug, Clone, Default)]

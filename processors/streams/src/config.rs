@@ -83,7 +83,9 @@ impl StreamsConfig {
         StreamsConfig {
             application_id: application_id.to_string(),
             processor_name: application_id.to_string(),
-            brokers: KAFKA_BROKERS.get(),
+            // The local stack's broker; the binary passes `--brokers` (libraries never read
+            // the environment: `tributary_runtime::config`).
+            brokers: KAFKA_BROKERS.default.to_string(),
             inputs: Vec::new(),
             stores: Vec::new(),
             state_dir: std::env::temp_dir().join("tributary-streams"),

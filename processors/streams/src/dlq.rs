@@ -11,7 +11,8 @@
 
 pub use tributary_runtime::dlq::{
     dlq_topic, Origin, CONSUMER_GROUP, ERROR_CLASS, ERROR_MESSAGE, HOP_OFFSET, HOP_PARTITION,
-    HOP_TOPIC, REJECTION_REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TIMESTAMP, SOURCE_TOPIC,
+    HOP_TOPIC, REJECTION_REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TIMER, SOURCE_TIMESTAMP,
+    SOURCE_TOPIC,
 };
 
 use tributary_runtime::dlq::is_pipeline_header;
@@ -20,7 +21,6 @@ use crate::error::Error;
 use crate::processor::Timer;
 use crate::record::{Output, Record};
 
-pub const SOURCE_TIMER: &str = "dlq.source.timer";
 /// The class of a record whose processor panicked.
 pub const PANIC_CLASS: &str = "panic";
 

@@ -74,7 +74,7 @@ impl Error {
         match self {
             Error::Transient(_) => true,
             Error::Decode(e) => e.retriable(),
-            Error::Kafka(e) => kafka_retriable(e),
+            Error::Kafka(e) => tributary_runtime::kafka::is_retriable(e),
             Error::Admin(e) => e.retriable(),
             Error::Rejected { .. }
             | Error::Store { .. }
@@ -98,27 +98,6 @@ impl Error {
             Error::CorruptChangelog { .. } => "changelog",
             Error::Panic(_) => crate::dlq::PANIC_CLASS,
         }
-    }
-}
-
-fn kafka_retriable(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::error::RDKafkaErrorCode as C;
-    match e.rdkafka_error_code() {
-        Some(c) => matches!(
-            c,
-            C::BrokerTransportFailure
-                | C::AllBrokersDown
-                | C::RequestTimedOut
-                | C::OperationTimedOut
-                | C::NotCoordinator
-                | C::CoordinatorNotAvailable
-                | C::LeaderNotAvailable
-                | C::NotLeaderForPartition
-                | C::QueueFull
-                | C::MessageTimedOut
-                | C::NetworkException
-        ),
-        None => false,
     }
 }
 

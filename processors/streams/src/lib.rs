@@ -49,6 +49,9 @@ pub mod window;
 pub use app::{ProcessorFactory, StreamsApp, StreamsBuilder};
 pub use clock::{system_now_ms, Clock, ManualClock, SystemClock};
 pub use config::{Guarantee, StreamsConfig};
+/// The recovery tests' kill switch: not part of the API, compiled only with the `testing`
+/// feature (which this crate's own tests and `tributary-processors`' turn on).
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use engine::KillPoint;
 pub use error::{Error, Result};

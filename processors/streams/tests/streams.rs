@@ -14,6 +14,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::config::KAFKA_BROKERS;
+use tributary_runtime::dlq;
 use tributary_runtime::kafka::{
     client_config, close_consumer, ensure_topic, unique_name, TopicSpec,
 };
@@ -66,7 +67,7 @@ async fn cleanup(n: &Names) {
     let topics = [
         n.input.clone(),
         n.output.clone(),
-        format!("{}.dlq", n.input),
+        dlq::dlq_topic(&n.input),
         format!("{}-counts-changelog", n.app),
         format!("{}-_timers-changelog", n.app),
         format!("{}-_commits", n.app),
@@ -645,10 +646,7 @@ struct TimerProc {
 impl Processor for TimerProc {
     fn process(&mut self, ctx: &mut Context<'_>, record: Record) -> tributary_streams::Result<()> {
         if record.value.as_deref() == Some(b"start") {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let now = tributary_runtime::clock::now_ms();
             ctx.schedule("wall", TimeKind::WallClock, now + 5000)?;
             let ts = record.timestamp.unwrap_or(0);
             ctx.schedule("stream", TimeKind::StreamTime, ts + 1000)?;
@@ -757,7 +755,7 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
         b.max_retry_backoff(Duration::from_millis(100))
     });
     expect_counts(&n.output, &expected).await;
-    let dlq_topic = format!("{}.dlq", n.input);
+    let dlq_topic = dlq::dlq_topic(&n.input);
     let mut dlq = tokio::task::spawn_blocking(move || read_until(&dlq_topic, 1, |m| m.len() >= 5))
         .await
         .expect("reader");
@@ -772,7 +770,7 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
     let class = panicked[0]
         .headers
         .iter()
-        .find(|(k, _)| k == "dlq.error.class")
+        .find(|(k, _)| k == dlq::ERROR_CLASS)
         .map(|(_, v)| v.clone());
     assert_eq!(class.as_deref(), Some(&b"panic"[..]));
     dlq.retain(|d| d.key != b"boom");
@@ -784,12 +782,12 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_else(|| panic!("header {name} missing"))
         };
-        assert_eq!(h("dlq.source.topic"), n.input);
-        assert_eq!(h("dlq.error.class"), "decode");
-        assert!(h("dlq.error.message").contains("not UTF-8"));
+        assert_eq!(h(dlq::SOURCE_TOPIC), n.input);
+        assert_eq!(h(dlq::ERROR_CLASS), "decode");
+        assert!(h(dlq::ERROR_MESSAGE).contains("not UTF-8"));
         let (p, o): (i32, i64) = (
-            h("dlq.source.partition").parse().expect("partition"),
-            h("dlq.source.offset").parse().expect("offset"),
+            h(dlq::SOURCE_PARTITION).parse().expect("partition"),
+            h(dlq::SOURCE_OFFSET).parse().expect("offset"),
         );
         let src = input
             .iter()
@@ -957,7 +955,7 @@ async fn mock_setup(
         mock.create_topic(&format!("{app_id}-{store}-changelog"), PARTITIONS, 1)
             .expect("changelog");
     }
-    mock.create_topic(&format!("{input}.dlq"), 1, 1)
+    mock.create_topic(&dlq::dlq_topic(&input), 1, 1)
         .expect("dlq");
     mock.create_topic(&format!("{app_id}-_commits"), PARTITIONS, 1)
         .expect("commit markers");

@@ -58,7 +58,7 @@ pub mod policy;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
@@ -96,10 +96,8 @@ impl RateLimit {
     /// Counts one command for `user`; `Err(Limited)` when over the limit.
     async fn admit(&self, user: &str) -> Result<(), RateError> {
         let window_ms = self.window.as_millis().max(1) as u64;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        // Never negative: `now_ms` is 0 on a host clock before 1970.
+        let now_ms = tributary_runtime::clock::now_ms().max(0) as u64;
         let start = now_ms / window_ms * window_ms;
         let key = format!("{}{user}:{start}", self.prefix);
         let mut conn = self.redis.clone();
@@ -260,11 +258,11 @@ pub fn router(sender: Arc<CommandSender>, config: GatewayConfig) -> prometheus::
         .merge(observability))
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` is cancelled.
 pub async fn serve(
     sender: Arc<CommandSender>,
     config: GatewayConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "command gateway listening");
@@ -273,7 +271,7 @@ pub async fn serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
 }
 

@@ -40,11 +40,7 @@ pub struct EsTarget {
 impl EsTarget {
     /// Rebuilds the views whose aliases are `<prefix><view>`.
     pub fn new(client: Elasticsearch, prefix: impl Into<String>) -> Self {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-            .to_string();
+        let stamp = tributary_runtime::clock::now_ms().to_string();
         Self {
             client,
             prefix: prefix.into(),

@@ -24,7 +24,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/post
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
-    /// `postgres://...`; defaults to `TRIBUTARY_DATABASE_URL`.
+    /// `postgres://...`; defaults to the local stack's (`TRIBUTARY_DATABASE_URL`'s default: the
+    /// binary sets it from `--database-url`, libraries never read the environment).
     pub url: String,
     /// Schema holding the views (and `_sqlx_migrations`); `None` uses the server's
     /// `search_path`. Tests use a fresh schema each.
@@ -37,7 +38,7 @@ pub struct PostgresConfig {
 impl Default for PostgresConfig {
     fn default() -> Self {
         Self {
-            url: tributary_runtime::config::DATABASE_URL.get(),
+            url: tributary_runtime::config::DATABASE_URL.default.to_string(),
             schema: None,
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),

@@ -152,9 +152,9 @@ pub struct RebuildConfig {
 }
 
 impl RebuildConfig {
-    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, the store's lock
-    /// ([`LockConfig::of_store`]: see the module documentation), a replay idle timeout of 30 s,
-    /// 500 records per batch, up to 5 catch-up passes.
+    /// Defaults for `store`: the local stack's broker (the binary sets `brokers`), the store's
+    /// lock ([`LockConfig::of_store`]: see the module documentation), a replay idle timeout of
+    /// 30 s, 500 records per batch, up to 5 catch-up passes.
     pub fn new(store: &str) -> Self {
         Self {
             brokers: tributary_runtime::config::KAFKA_BROKERS.get(),

@@ -55,6 +55,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Number, Value};
+use tributary_runtime::clock::now_ms;
 
 pub use diff::{ReconcileMetrics, RepairReport, Report, ViewReport};
 pub use expected::{Expected, ExpectedView, Rules};
@@ -232,11 +233,11 @@ pub struct ReconcileConfig {
 }
 
 impl ReconcileConfig {
-    /// Defaults for `store`: the broker from `TRIBUTARY_KAFKA_BROKERS`, the store's lock
-    /// ([`LockConfig::of_store`]), 10 samples.
+    /// Defaults for `store`: the local stack's broker (the binary sets `brokers`), the store's
+    /// lock ([`LockConfig::of_store`]), 10 samples.
     pub fn new(store: &str) -> Self {
         Self {
-            brokers: tributary_runtime::config::KAFKA_BROKERS.get(),
+            brokers: tributary_runtime::config::KAFKA_BROKERS.default.to_string(),
             sources: Vec::new(),
             samples: 10,
             repair: false,
@@ -463,13 +464,6 @@ async fn repair(
         parts.progress.advance(chunk.len() as u64);
     }
     Ok((written, deleted))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn expected_fields(store: &dyn LiveStore, entities: &Snapshot) -> BTreeMap<EntityId, Fields> {

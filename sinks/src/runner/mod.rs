@@ -34,20 +34,20 @@ pub mod event;
 pub mod projection;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 use tributary_runtime::kafka::{client_config, close_consumer, ensure_topic, TopicSpec};
 use tributary_schemas::Codec;
 
 use crate::change::{coalesce_counted, Change, ViewWriter, WriteError, WriteOutcome};
-use crate::dlq::{dlq_topic, DeadLetter, DeadLetterQueue, ErrorClass};
+use crate::dlq::{DeadLetter, DeadLetterQueue, ErrorClass};
 use crate::metrics::{Metrics, SinkMetrics};
+use tributary_runtime::dlq::dlq_topic;
 
 pub use event::{Event, EventStream, Tombstone, TOMBSTONE_VERSION};
 pub use projection::{ProjectError, Projection};
@@ -101,7 +101,8 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    /// Defaults for the sink `name`: the broker from `TRIBUTARY_KAFKA_BROKERS`, group
+    /// Defaults for the sink `name`: the local stack's broker (the binary sets `brokers` from
+    /// `--brokers`; libraries never read the environment), group
     /// `tributary-sink-<name>`, 500 records or 100 ms per batch, retries from 100 ms up to 10 s;
     /// pauses when over half of the last 1000 records, and at least 50, would be dead letters.
     pub fn new(name: impl Into<String>) -> Self {
@@ -109,7 +110,7 @@ impl SinkConfig {
         Self {
             group_id: format!("tributary-sink-{name}"),
             name,
-            brokers: tributary_runtime::config::KAFKA_BROKERS.get(),
+            brokers: tributary_runtime::config::KAFKA_BROKERS.default.to_string(),
             sources: Vec::new(),
             batch_max_records: 500,
             batch_linger: Duration::from_millis(100),
@@ -139,9 +140,14 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    /// Setup errors are configuration problems; a restart with the same settings fails again.
+    /// Whether a restart can help: a Kafka error by the one classification every process uses
+    /// (creating a client fails for configuration only, which is not retriable); a sink without
+    /// topics fails again.
     pub fn retriable(&self) -> bool {
-        false
+        match self {
+            SinkError::Kafka { source, .. } => tributary_runtime::kafka::is_retriable(source),
+            SinkError::NoSources { .. } => false,
+        }
     }
 }
 
@@ -200,7 +206,8 @@ impl Record {
     }
 }
 
-type Stop = Shared<BoxFuture<'static, ()>>;
+/// Shutdown: the one style of every process (`tributary_runtime::shutdown`).
+type Stop = CancellationToken;
 
 /// How long a batch may be in flight before the runner pauses its partitions and polls to keep
 /// the member in its group (also the interval of those polls). Far below any sensible
@@ -319,14 +326,11 @@ impl Sink {
         &self.metrics
     }
 
-    /// Consumes until `shutdown` completes, then commits what is durable and closes the
+    /// Consumes until `shutdown` is cancelled, then commits what is durable and closes the
     /// consumer within `close_timeout`. A batch that shutdown interrupts is not acknowledged
     /// and is delivered again on the next start.
-    pub async fn run<F>(self, shutdown: F) -> Result<(), SinkError>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let stop: Stop = shutdown.boxed().shared();
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
+        let stop: Stop = shutdown;
         let sources = if self.config.sources.is_empty() {
             self.projection
                 .streams()
@@ -732,7 +736,7 @@ impl Sink {
             // got through, the batch comes again on restart and changes nothing).
             let result = match tokio::select! {
                 r = write => r,
-                _ = stop.clone() => return Err(Stopped),
+                _ = stop.cancelled() => return Err(Stopped),
             } {
                 Ok(r) => r,
                 Err(_) => Err(WriteError::Unavailable {
@@ -787,7 +791,7 @@ impl Sink {
             .min(self.config.retry_max);
         *attempt = attempt.saturating_add(1);
         tokio::select! {
-            _ = stop.clone() => Err(Stopped),
+            _ = stop.cancelled() => Err(Stopped),
             _ = tokio::time::sleep(wait) => Ok(()),
         }
     }
@@ -802,14 +806,14 @@ impl Sink {
 
     async fn pause(&self, wait: Duration, stop: &Stop) {
         tokio::select! {
-            _ = stop.clone() => {}
+            _ = stop.cancelled() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
 fn stopped(stop: &Stop) -> bool {
-    stop.clone().now_or_never().is_some()
+    stop.is_cancelled()
 }
 
 /// The state behind a mutex; never held across an await, so a poisoned one is still sound.

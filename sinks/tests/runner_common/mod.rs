@@ -96,6 +96,7 @@ pub async fn produce(sources: &[SourceTopic], records: &[Rec]) {
 
 pub fn sink_config(name: &str, sources: &[SourceTopic]) -> SinkConfig {
     let mut cfg = SinkConfig::new(name);
+    cfg.brokers = KAFKA_BROKERS.get();
     cfg.group_id = unique_name(&format!("test-sink-{name}"));
     cfg.sources = sources.to_vec();
     cfg.batch_max_records = 50;
@@ -137,11 +138,14 @@ impl Running {
         let handle = sink.metrics().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            sink.run(async move {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let cancel = stop.clone();
+            // Sent or dropped, the sender stops the sink.
+            tokio::spawn(async move {
                 let _ = rx.await;
-            })
-            .await
-            .expect("sink runs");
+                cancel.cancel();
+            });
+            sink.run(stop).await.expect("sink runs");
         });
         Running {
             metrics: handle,

@@ -49,7 +49,9 @@ impl Pipeline {
             partitions: PARTITIONS,
             saga_timeout,
             decline: DeclineRule::default(),
-            ..DomainConfig::from_env()
+            brokers: KAFKA_BROKERS.get(),
+            registry_url: SCHEMA_REGISTRY_URL.get(),
+            ..DomainConfig::local()
         };
         cfg.topics
             .ensure(&cfg.brokers, cfg.partitions)
@@ -315,15 +317,12 @@ pub fn read_raw(topic: &str, want: usize) -> Vec<RawRecord> {
         .set("enable.auto.commit", "false")
         .create()
         .expect("raw reader");
-    let partitions = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    let partitions = tributary_runtime::kafka::partition_count(&c, topic, Duration::from_secs(10))
         .expect("metadata")
-        .topics()
-        .first()
-        .map_or(1, |t| t.partitions().len().max(1));
+        .max(1);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .expect("tpl");
     }
     c.assign(&tpl).expect("assign");
