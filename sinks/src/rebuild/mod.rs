@@ -157,7 +157,7 @@ impl RebuildConfig {
     /// 30 s, 500 records per batch, up to 5 catch-up passes.
     pub fn new(store: &str) -> Self {
         Self {
-            brokers: tributary_runtime::config::KAFKA_BROKERS.get(),
+            brokers: tributary_runtime::config::KAFKA_BROKERS.default.to_string(),
             sources: Vec::new(),
             lock: LockConfig::of_store(store),
             idle_timeout: Duration::from_secs(30),
