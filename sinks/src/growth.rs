@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::store::{Settings, Store};
 
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::{IntGaugeVec, Registry};
+use tributary_runtime::metrics::{labels, Kind::Sink};
 
 /// The size of one view (or, with an empty `view`, of the whole store).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +80,8 @@ pub(crate) fn err(store: &'static str) -> impl Fn(String) -> GrowthError {
     move |message| GrowthError { store, message }
 }
 
-/// `tributary_view_entities{store, view}` and `tributary_view_size_bytes{store, view}`.
+/// `tributary_sink_view_entities{view}` and `tributary_sink_view_size_bytes{view}`, with the
+/// store as `component_id` as every sink metric has it (`tributary_runtime::metrics`).
 #[derive(Clone)]
 pub struct GrowthMetrics {
     entities: IntGaugeVec,
@@ -89,18 +91,18 @@ pub struct GrowthMetrics {
 impl GrowthMetrics {
     pub fn new(registry: &Registry) -> Result<GrowthMetrics, prometheus::Error> {
         let entities = IntGaugeVec::new(
-            Opts::new(
-                "tributary_view_entities",
+            Sink.opts(
+                "tributary_sink_view_entities",
                 "Rows, documents or keys of a view, as last sampled.",
             ),
-            &["store", "view"],
+            &labels(&["view"]),
         )?;
         let bytes = IntGaugeVec::new(
-            Opts::new(
-                "tributary_view_size_bytes",
+            Sink.opts(
+                "tributary_sink_view_size_bytes",
                 "Size of a view (or, with an empty view label, of the whole store), as last sampled.",
             ),
-            &["store", "view"],
+            &labels(&["view"]),
         )?;
         registry.register(Box::new(entities.clone()))?;
         registry.register(Box::new(bytes.clone()))?;

@@ -1,8 +1,12 @@
 //! Prometheus metrics of every sink, registered in an explicit [`Registry`] so that a test (or a
 //! binary serving `/metrics`) reads exactly the metrics it created.
 //!
-//! Names follow `tributary_sink_<name>_<unit>[_total]`; the only labels are the sink's name and
-//! the view's name, both bounded. Values are updated once per batch, never per record.
+//! Names and labels follow the one scheme of every process (`tributary_runtime::metrics`): the
+//! sink's own families are `tributary_sink_<name>_<unit>[_total]`, what every component counts
+//! (records received, dead letters, retries) has its shared `tributary_component_*` name, and
+//! every series carries `component_kind="sink"` and `component_id` (the store's name); the only
+//! other labels are bounded (view, state, kind). Values are updated once per batch, never per
+//! record.
 
 use std::time::Duration;
 
@@ -10,12 +14,16 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+use tributary_runtime::metrics::Kind::Sink;
+use tributary_runtime::metrics::{labels, DLQ_RECORDS, RECEIVED_RECORDS, RETRIES};
+
 use crate::change::{Change, WriteOutcome};
 
 /// The metric families of all sinks of one registry. Create once per registry, then take a
 /// [`SinkMetrics`] per sink with [`Metrics::sink`].
 #[derive(Clone)]
 pub struct Metrics {
+    received: IntCounterVec,
     written: IntCounterVec,
     stale: IntCounterVec,
     dlq: IntCounterVec,
@@ -37,63 +45,72 @@ pub const SLOW_WRITE: Duration = Duration::from_secs(1);
 impl Metrics {
     /// Registers the sink metric families in `registry`.
     pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
-        let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["sink"]);
+        let counter =
+            |name: &str, help: &str| IntCounterVec::new(Sink.opts(name, help), &labels(&[]));
+        let received = counter(
+            RECEIVED_RECORDS,
+            "Records of the batches the sink applied to the store.",
+        )?;
+        // A record projects to zero or more changes; these two count changes, not records.
         let written = counter(
-            "tributary_sink_records_written_total",
+            "tributary_sink_changes_written_total",
             "Changes applied to the store.",
         )?;
         let stale = counter(
-            "tributary_sink_records_stale_total",
+            "tributary_sink_changes_stale_total",
             "Changes skipped because the store held an equal or newer version.",
         )?;
-        let dlq = counter(
-            "tributary_sink_dlq_records_total",
-            "Records sent to the dead-letter topic.",
-        )?;
+        let dlq = counter(DLQ_RECORDS, "Records sent to the dead-letter topic.")?;
         let retries = counter(
-            "tributary_sink_retries_total",
+            RETRIES,
             "Batch writes retried after a transient store error.",
         )?;
         let batch_size = HistogramVec::new(
-            HistogramOpts::new("tributary_sink_batch_size", "Records per batch.").buckets(vec![
-                1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
-            ]),
-            &["sink"],
+            Sink.histogram_opts(
+                "tributary_sink_batch_size_records",
+                "Records per batch.",
+                vec![
+                    1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                ],
+            ),
+            &labels(&[]),
         )?;
         let write_duration = HistogramVec::new(
-            HistogramOpts::new(
+            Sink.histogram_opts(
                 "tributary_sink_write_duration_seconds",
                 "Time to apply one batch to the store, retries excluded.",
-            )
-            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
-            &["sink"],
+                prometheus::exponential_buckets(0.0005, 2.0, 16)?,
+            ),
+            &labels(&[]),
         )?;
         let freshness = prometheus::GaugeVec::new(
-            Opts::new(
+            Sink.opts(
                 "tributary_sink_freshness_seconds",
                 "Now minus the event time of the last change applied to the view.",
             ),
-            &["sink", "view"],
+            &labels(&["view"]),
         )?;
         // The gauge above says how old the newest change is; this says how long every change
         // took from its event (the record's timestamp) to the store, so a p99 can be read.
         let visible = HistogramVec::new(
-            HistogramOpts::new(
+            Sink.histogram_opts(
                 "tributary_sink_event_to_visible_seconds",
                 "Time from an event (its record's timestamp) to its change being durable in the store.",
-            )
-            .buckets(vec![
+                vec![
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
-            &["sink"],
+            ],
+            )
+,
+            &labels(&[]),
         )?;
         let pool = IntGaugeVec::new(
-            Opts::new(
+            Sink.opts(
                 "tributary_sink_pool_connections",
                 "Store connections of the sink's pool, by state (idle, in_use).",
             ),
-            &["sink", "state"],
+            &labels(&["state"]),
         )?;
+        registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(written.clone()))?;
         registry.register(Box::new(stale.clone()))?;
         registry.register(Box::new(dlq.clone()))?;
@@ -108,7 +125,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(slow.clone()))?;
-        let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["sink"]);
+        let gauge = |name: &str, help: &str| IntGaugeVec::new(Sink.opts(name, help), &labels(&[]));
         let unavailable = gauge(
             "tributary_sink_store_unavailable",
             "1 while the sink retries a batch the store cannot take (partitions paused), else 0.",
@@ -118,11 +135,11 @@ impl Metrics {
             "1 while the sink holds a batch back because its dead-letter rate is over the limit.",
         )?;
         let rebalances = IntCounterVec::new(
-            Opts::new(
+            Sink.opts(
                 "tributary_sink_rebalances_total",
                 "Consumer-group rebalances the sink's member went through, by kind (assign, revoke).",
             ),
-            &["sink", "kind"],
+            &labels(&["kind"]),
         )?;
         registry.register(Box::new(unavailable.clone()))?;
         registry.register(Box::new(dlq_paused.clone()))?;
@@ -132,6 +149,7 @@ impl Metrics {
             dlq_paused,
             rebalances,
             slow,
+            received,
             written,
             stale,
             dlq,
@@ -148,6 +166,7 @@ impl Metrics {
     pub fn sink(&self, sink: &str) -> SinkMetrics {
         SinkMetrics {
             name: sink.to_string(),
+            received: self.received.with_label_values(&[sink]),
             written: self.written.with_label_values(&[sink]),
             stale: self.stale.with_label_values(&[sink]),
             dlq: self.dlq.with_label_values(&[sink]),
@@ -170,6 +189,7 @@ impl Metrics {
 #[derive(Clone)]
 pub struct SinkMetrics {
     name: String,
+    received: IntCounter,
     written: IntCounter,
     stale: IntCounter,
     dlq: IntCounter,
@@ -227,6 +247,7 @@ impl SinkMetrics {
         outcome: WriteOutcome,
         took: Duration,
     ) {
+        self.received.inc_by(records as u64);
         self.written.inc_by(outcome.applied);
         self.stale.inc_by(outcome.stale);
         self.batch_size.observe(records as f64);

@@ -119,7 +119,7 @@ async fn every_store_reports_its_views_sizes() {
     let families = registry.gather();
     let entities_family = families
         .iter()
-        .find(|f| f.name() == "tributary_view_entities")
+        .find(|f| f.name() == "tributary_sink_view_entities")
         .expect("entities gauge");
     assert!(entities_family
         .get_metric()

@@ -276,7 +276,9 @@ async fn stale_version_is_skipped_and_counted_and_a_tombstone_deletes() {
     assert_eq!(field(&u1, "version"), 3);
     assert_eq!(sink.metrics.stale(), 1);
     assert_eq!(
-        sink.sample("tributary_sink_records_stale_total{sink=\"pg-stale\"}"),
+        sink.sample(
+            "tributary_sink_changes_stale_total{component_id=\"pg-stale\",component_kind=\"sink\"}"
+        ),
         Some(1.0)
     );
 
@@ -304,16 +306,16 @@ async fn stale_version_is_skipped_and_counted_and_a_tombstone_deletes() {
     assert_eq!(sink.metrics.dlq(), 0);
     // Freshness is reported per view.
     assert!(sink
-        .sample("tributary_sink_freshness_seconds{sink=\"pg-stale\",view=\"users\"}")
+        .sample("tributary_sink_freshness_seconds{component_id=\"pg-stale\",component_kind=\"sink\",view=\"users\"}")
         .is_some());
     assert!(sink
-        .sample("tributary_sink_pool_connections{sink=\"pg-stale\",state=\"idle\"}")
+        .sample("tributary_sink_pool_connections{component_id=\"pg-stale\",component_kind=\"sink\",state=\"idle\"}")
         .is_some());
     assert!(sink
-        .sample("tributary_sink_batch_size_count{sink=\"pg-stale\"}")
+        .sample("tributary_sink_batch_size_records_count{component_id=\"pg-stale\",component_kind=\"sink\"}")
         .is_some_and(|n| n >= 1.0));
     assert!(sink
-        .sample("tributary_sink_write_duration_seconds_count{sink=\"pg-stale\"}")
+        .sample("tributary_sink_write_duration_seconds_count{component_id=\"pg-stale\",component_kind=\"sink\"}")
         .is_some_and(|n| n >= 1.0));
     sink.stop().await;
     drop_schema(&config, writer.pool()).await;
@@ -500,8 +502,10 @@ async fn store_outage_loses_nothing_and_dead_letters_nothing() {
     assert_eq!(count(&direct, "order_events").await, 41);
     assert_eq!(sink.metrics.dlq(), 0);
     assert!(
-        sink.sample("tributary_sink_retries_total{sink=\"pg-outage\"}")
-            .unwrap_or(0.0)
+        sink.sample(
+            "tributary_component_retries_total{component_id=\"pg-outage\",component_kind=\"sink\"}"
+        )
+        .unwrap_or(0.0)
             >= 3.0
     );
     sink.stop().await;

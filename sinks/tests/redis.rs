@@ -319,7 +319,7 @@ async fn stale_versions_are_skipped_and_tombstones_delete_for_good() {
     );
     assert_eq!(sink.metrics.stale(), 1);
     assert_eq!(
-        sink.sample("tributary_sink_records_stale_total{sink=\"redis-stale\"}"),
+        sink.sample("tributary_sink_changes_stale_total{component_id=\"redis-stale\",component_kind=\"sink\"}"),
         Some(1.0)
     );
     assert!(

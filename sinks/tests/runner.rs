@@ -411,7 +411,9 @@ async fn a_dead_letter_spike_pauses_the_sink_instead_of_emptying_it_into_the_dlq
     )
     .is_empty());
     assert_eq!(
-        sink.sample("tributary_sink_dlq_paused{sink=\"runner-spike\"}"),
+        sink.sample(
+            "tributary_sink_dlq_paused{component_id=\"runner-spike\",component_kind=\"sink\"}"
+        ),
         Some(1.0)
     );
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The pipeline's metrics, as the real Prometheus sees them, against the running local stack:
-#   1. `tributary process --app all` and `tributary sink --store postgres` serve /metrics and
-#      /health on ports of this test; a small seeded workload goes through them;
-#   2. `promtool check metrics` finds no problem in either /metrics output;
+#   1. `tributary process --app all`, `tributary sink --store postgres` and `tributary gateway`
+#      serve /metrics and /health on ports of this test; a small seeded workload goes through
+#      them (one order through the gateway);
+#   2. `promtool check metrics` finds no problem in any process's /metrics output, and every
+#      series follows the one naming scheme (runtime/src/metrics.rs): `component_kind` and
+#      `component_id` on every series, names `tributary_component_*` or `tributary_<kind>_*`;
 #   3. Prometheus (Debian's package), scraping both every second, has series, through its query
 #      API, for consumer lag, throughput (records in, records written), sink freshness, dead
 #      letters (processors and sink) and the saga's outcomes.
 # Everything it starts is stopped by pid, and its files live in a temp dir of its own.
-# Ports: 29464 (processors), 29465 (sink), 29090 (Prometheus); override with PROMTEST_PORTS="a b c".
+# Ports: 29464 (processors), 29465 (sink), 29090 (Prometheus), 29466 (gateway); override with
+# PROMTEST_PORTS="a b c d".
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -15,7 +19,7 @@ root="$(cd "$here/../.." && pwd)"
 source "$root/stack/env.sh"
 bin="$TRIBUTARY_BIN"
 
-read -r p_proc p_sink p_prom <<<"${PROMTEST_PORTS:-29464 29465 29090}"
+read -r p_proc p_sink p_prom p_gw <<<"${PROMTEST_PORTS:-29464 29465 29090 29466}"
 tmp="$(mktemp -d /tmp/tributary-prometheus.XXXXXX)"
 prom="http://127.0.0.1:$p_prom"
 deadline_secs=45 # for the series to appear, from the moment Prometheus is ready
@@ -66,8 +70,8 @@ check "prometheus and promtool are installed (stack/stack.sh up)" \
   bash -c 'command -v prometheus >/dev/null && command -v promtool >/dev/null' || abort
 stack_up() { answers "${TRIBUTARY_KAFKA_BROKERS##*:}" && answers "${TRIBUTARY_SCHEMA_REGISTRY_URL##*:}"; }
 check "the local stack answers (make up)" stack_up || abort
-ports_free() { for p in "$p_proc" "$p_sink" "$p_prom"; do answers "$p" && { echo "  port $p is taken"; return 1; }; done; return 0; }
-check "the test's ports $p_proc $p_sink $p_prom are free" ports_free || abort
+ports_free() { for p in "$p_proc" "$p_sink" "$p_prom" "$p_gw"; do answers "$p" && { echo "  port $p is taken"; return 1; }; done; return 0; }
+check "the test's ports $p_proc $p_sink $p_prom $p_gw are free" ports_free || abort
 
 # A pipeline of the test's own (topics, consumer groups, application ids, changelogs), so that what
 # other runs left on the broker (a demo's state, say) neither slows nor changes this one.
@@ -82,8 +86,23 @@ prefix="promtest-$(date +%s)-$$."
 proc_pid=$!; started $proc_pid
 "$bin" sink --store postgres --topic-prefix "$prefix" --metrics-listen "127.0.0.1:$p_sink" >"$tmp/sink.log" 2>&1 </dev/null &
 sink_pid=$!; started $sink_pid
+api_key="promtest-key-$(date +%s)-$$-0123456789"
+echo "promtest $api_key" >"$tmp/api-keys"
+"$bin" gateway --topic-prefix "$prefix" --listen "127.0.0.1:$p_gw" --api-keys-file "$tmp/api-keys" \
+  --key-prefix "$prefix" >"$tmp/gateway.log" 2>&1 </dev/null &
+gw_pid=$!; started $gw_pid
 check "the processors serve /health" serves "$proc_pid" "$p_proc" || abort "$tmp/process.log"
 check "the postgres sink serves /health" serves "$sink_pid" "$p_sink" || abort "$tmp/sink.log"
+check "the gateway serves /health" serves "$gw_pid" "$p_gw" || abort "$tmp/gateway.log"
+gateway_order() {
+  local code
+  code=$(curl -sS --max-time 10 -o "$tmp/gateway-answer.json" -w '%{http_code}' -X POST \
+    -H "x-api-key: $api_key" -H 'content-type: application/json' \
+    --data '{"payload": {"PlaceOrder": {"order_id": "o-promtest-'"$$"'", "user_id": "promtest", "currency": "EUR", "lines": [{"product_id": "p-1", "quantity": 1}]}}}' \
+    "http://127.0.0.1:$p_gw/commands/commands.orders")
+  [ "$code" = 202 ] || { echo "  answered $code: $(cat "$tmp/gateway-answer.json")"; return 1; }
+}
+check "the gateway accepts an order (202)" gateway_order
 check "loadgen sends a seeded workload (200 orders)" \
   bash -c "'$bin' loadgen --topic-prefix '$prefix' --seed 7 --users 50 --products 20 --orders 200 >'$tmp/loadgen.log' 2>&1" ||
   abort "$tmp/loadgen.log"
@@ -105,6 +124,8 @@ scrape_configs:
     static_configs: [{ targets: ["127.0.0.1:$p_proc"] }]
   - job_name: tributary-sinks
     static_configs: [{ targets: ["127.0.0.1:$p_sink"] }]
+  - job_name: tributary-gateway
+    static_configs: [{ targets: ["127.0.0.1:$p_gw"] }]
 EOF
 check "promtool check config accepts the generated config" \
   bash -c "promtool check config '$tmp/prometheus.yml' >/dev/null 2>&1"
@@ -129,17 +150,17 @@ has() { [ "$(count_of "$1" "$2")" -gt 0 ]; }
 
 # What must exist: [description]=query (a selector for /api/v1/series, an expression for /api/v1/query).
 declare -a what=(
-  "both targets are up|query|count(up{job=~\"tributary-.*\"} == 1) == 2"
-  "consumer lag: tributary_streams_consumer_lag per app/topic/partition|series|tributary_streams_consumer_lag"
-  "consumer lag covers the saga's inputs (app tributary-orders)|series|tributary_streams_consumer_lag{app=\"${prefix}tributary-orders\"}"
-  "throughput: tributary_streams_records_in_total > 0|query|sum(tributary_streams_records_in_total) > 0"
-  "throughput: tributary_streams_records_out_total|series|tributary_streams_records_out_total"
-  "throughput: tributary_sink_records_written_total + stale > 0 (sink postgres)|query|sum(tributary_sink_records_written_total{sink=\"postgres\"}) + sum(tributary_sink_records_stale_total{sink=\"postgres\"}) > 0"
-  "freshness: tributary_sink_freshness_seconds per view|series|tributary_sink_freshness_seconds{sink=\"postgres\"}"
-  "DLQ: tributary_streams_dlq_records_total|series|tributary_streams_dlq_records_total"
-  "DLQ: tributary_sink_dlq_records_total (sink postgres)|series|tributary_sink_dlq_records_total{sink=\"postgres\"}"
-  "saga outcomes: tributary_saga_orders_completed_total confirmed|series|tributary_saga_orders_completed_total{outcome=\"confirmed\"}"
-  "saga outcomes: tributary_saga_orders_completed_total cancelled by reason|series|tributary_saga_orders_completed_total{outcome=\"cancelled\",reason!=\"\"}"
+  "the three targets are up|query|count(up{job=~\"tributary-.*\"} == 1) == 3"
+  "consumer lag: tributary_processor_consumer_lag per component/topic/partition|series|tributary_processor_consumer_lag"
+  "consumer lag covers the saga's inputs (app tributary-orders)|series|tributary_processor_consumer_lag{component_id=\"${prefix}tributary-orders\"}"
+  "throughput: tributary_component_received_records_total > 0|query|sum(tributary_component_received_records_total) > 0"
+  "throughput: tributary_component_sent_records_total|series|tributary_component_sent_records_total"
+  "throughput: tributary_sink_changes_written_total + stale > 0 (sink postgres)|query|sum(tributary_sink_changes_written_total{component_kind=\"sink\",component_id=\"postgres\"}) + sum(tributary_sink_changes_stale_total{component_kind=\"sink\",component_id=\"postgres\"}) > 0"
+  "freshness: tributary_sink_freshness_seconds per view|series|tributary_sink_freshness_seconds{component_kind=\"sink\",component_id=\"postgres\"}"
+  "DLQ: tributary_component_dlq_records_total (processors)|series|tributary_component_dlq_records_total{component_kind=\"processor\"}"
+  "DLQ: tributary_component_dlq_records_total (sink postgres)|series|tributary_component_dlq_records_total{component_kind=\"sink\",component_id=\"postgres\"}"
+  "saga outcomes: tributary_processor_saga_orders_completed_total confirmed|series|tributary_processor_saga_orders_completed_total{outcome=\"confirmed\"}"
+  "saga outcomes: tributary_processor_saga_orders_completed_total cancelled by reason|series|tributary_processor_saga_orders_completed_total{outcome=\"cancelled\",reason!=\"\"}"
 )
 all_there() {
   local w rest
@@ -160,11 +181,45 @@ lint() { # port, name
 }
 check "promtool check metrics: the processors' /metrics has no problem" lint "$p_proc" processors
 check "promtool check metrics: the sink's /metrics has no problem" lint "$p_sink" sink
+check "promtool check metrics: the gateway's /metrics has no problem" lint "$p_gw" gateway
+
+# The one naming scheme, on what each process serves (runtime/src/metrics.rs `naming_problems`
+# checks the same in the crates' tests; this checks the processes as they run).
+scheme() { # name of a saved /metrics output, then the component_kind its series must have
+  python3 - "$tmp/$1.prom" "$2" <<'PY'
+import re, sys
+path, kind = sys.argv[1], sys.argv[2]
+problems, series = [], 0
+for line in open(path):
+    if line.startswith("#") or not line.strip():
+        continue
+    m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? ', line)
+    if not m:
+        problems.append("unparsed: " + line.strip()); continue
+    name, labels = m.group(1), dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+    series += 1
+    if labels.get("component_kind") != kind:
+        problems.append(f"{name}: component_kind is {labels.get('component_kind')!r}, not {kind!r}")
+    if not labels.get("component_id"):
+        problems.append(f"{name}: no component_id")
+    if not (name.startswith("tributary_component_") or name.startswith(f"tributary_{kind}_")):
+        problems.append(f"{name}: not tributary_component_* nor tributary_{kind}_*")
+    for old in ("app", "sink"):
+        if old in labels:
+            problems.append(f"{name}: label {old} (component_id says it)")
+for p in sorted(set(problems))[:10]:
+    print("  " + p)
+sys.exit(1 if problems or series == 0 else 0)
+PY
+}
+check "naming scheme: every series of the processors' /metrics" scheme processors processor
+check "naming scheme: every series of the sink's /metrics" scheme sink sink
+check "naming scheme: every series of the gateway's /metrics" scheme gateway gateway
 
 alive() { for p in "${pids[@]}"; do running "$p" || return 1; done; }
 check "every process the test started is still running" alive
 if [ "$failed" -gt 0 ]; then
-  for f in process sink prometheus; do echo "---- tail of $f.log"; tail -n 15 "$tmp/$f.log"; done
+  for f in process sink gateway prometheus; do echo "---- tail of $f.log"; tail -n 15 "$tmp/$f.log"; done
 fi
 
 echo "prometheus: $passed passed, $failed failed"

@@ -110,15 +110,22 @@ pub struct OrderSaga {
     max_open: u64,
 }
 
-/// `tributary_saga_orders_completed_total{outcome, reason}`: orders the saga ended, by outcome
-/// (`confirmed`, `cancelled`) and cancel reason (empty when confirmed). Every label set starts at
-/// zero so that dashboards and alerts see the series before the first order ends.
-pub fn outcome_metric(registry: &prometheus::Registry) -> prometheus::Result<IntCounterVec> {
+/// `tributary_processor_saga_orders_completed_total{outcome, reason}`: orders the saga app `app`
+/// ended, by outcome (`confirmed`, `cancelled`) and cancel reason (empty when confirmed), named
+/// and labelled as every processor metric is (`tributary_runtime::metrics`). Every label set
+/// starts at zero so that dashboards and alerts see the series before the first order ends.
+pub fn outcome_metric(
+    registry: &prometheus::Registry,
+    app: &str,
+) -> prometheus::Result<IntCounterVec> {
+    use tributary_runtime::metrics::{Kind, COMPONENT_ID};
     let c = IntCounterVec::new(
-        prometheus::Opts::new(
-            "tributary_saga_orders_completed_total",
-            "Orders the saga ended, by outcome and cancel reason.",
-        ),
+        Kind::Processor
+            .opts(
+                "tributary_processor_saga_orders_completed_total",
+                "Orders the saga ended, by outcome and cancel reason.",
+            )
+            .const_label(COMPONENT_ID, app),
         &["outcome", "reason"],
     )?;
     registry.register(Box::new(c.clone()))?;
@@ -700,9 +707,10 @@ impl App for OrdersApp {
             let catalog = Arc::new(catalog);
             let timeout = cfg.saga_timeout;
             let max_open = cfg.saga_max_open;
+            let app_id = crate::DomainApp::Orders.application_id(cfg);
             let outcomes = b
                 .metrics
-                .map(outcome_metric)
+                .map(|r| outcome_metric(r, &app_id))
                 .transpose()
                 .map_err(|e| ProcessorError::Config(format!("saga metrics: {e}")))?;
             let wire = b.wire();

@@ -150,7 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registry
             .gather()
             .iter()
-            .filter(|f| f.name() == "tributary_streams_records_in_total")
+            .filter(|f| f.name() == "tributary_component_received_records_total")
             .flat_map(|f| f.get_metric().iter())
             .map(|m| m.counter.value() as u64)
             .sum()

@@ -23,7 +23,7 @@
 //!   produced again: at least once, never zero times.
 //! - *after the marker, before the local write or the group's offsets*: the restore applies
 //!   the batch from the changelog, and records below the marker's offsets that are fetched again
-//!   are skipped (`tributary_streams_skipped_records_total`), so nothing is applied twice.
+//!   are skipped (`tributary_processor_skipped_records_total`), so nothing is applied twice.
 //! - *a failed write or a failed marker* in a running process: the batch is forgotten, its keys
 //!   marked dirty (the next batch writes their committed values back into the changelog), its
 //!   records re-read, and the next batch takes a new number, so the abandoned entries are never

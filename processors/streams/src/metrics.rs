@@ -1,7 +1,9 @@
 //! The engine's Prometheus metrics, registered in a registry the caller owns so that tests (and
 //! a process running several apps) can read them. Updated once per batch, not per record.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use tributary_runtime::metrics::Kind::Processor;
+use tributary_runtime::metrics::{labels, DLQ_RECORDS, RECEIVED_RECORDS, RETRIES, SENT_RECORDS};
 
 use crate::error::{Error, Result};
 
@@ -46,19 +48,19 @@ fn histogram(
     buckets: Vec<f64>,
 ) -> Result<HistogramVec> {
     let h =
-        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).map_err(prom)?;
+        HistogramVec::new(Processor.histogram_opts(name, help, buckets), labels).map_err(prom)?;
     registry.register(Box::new(h.clone())).map_err(prom)?;
     Ok(h)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).map_err(prom)?;
+    let g = IntGaugeVec::new(Processor.opts(name, help), labels).map_err(prom)?;
     registry.register(Box::new(g.clone())).map_err(prom)?;
     Ok(g)
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).map_err(prom)?;
+    let c = IntCounterVec::new(Processor.opts(name, help), labels).map_err(prom)?;
     registry.register(Box::new(c.clone())).map_err(prom)?;
     Ok(c)
 }
@@ -69,124 +71,114 @@ fn prom(e: prometheus::Error) -> Error {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> Result<Metrics> {
-        let process_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tributary_streams_process_duration_seconds",
-                "Time to process one batch of input records, commit excluded.",
-            )
-            .buckets(prometheus::exponential_buckets(0.0005, 4.0, 9).map_err(prom)?),
-            &["app", "processor"],
-        )
-        .map_err(prom)?;
-        registry
-            .register(Box::new(process_duration.clone()))
-            .map_err(prom)?;
-        let consumer_lag = IntGaugeVec::new(
-            Opts::new(
-                "tributary_streams_consumer_lag",
-                "Records between the committed position and the partition's end, per input partition.",
-            ),
-            &["app", "topic", "partition"],
-        )
-        .map_err(prom)?;
-        registry
-            .register(Box::new(consumer_lag.clone()))
-            .map_err(prom)?;
+        let process_duration = histogram(
+            registry,
+            "tributary_processor_process_duration_seconds",
+            "Time to process one batch of input records, commit excluded.",
+            &labels(&["processor"]),
+            prometheus::exponential_buckets(0.0005, 4.0, 9).map_err(prom)?,
+        )?;
+        let consumer_lag = gauge(
+            registry,
+            "tributary_processor_consumer_lag",
+            "Records between the committed position and the partition's end, per input partition.",
+            &labels(&["topic", "partition"]),
+        )?;
         Ok(Metrics {
             records_in: counter(
                 registry,
-                "tributary_streams_records_in_total",
+                RECEIVED_RECORDS,
                 "Input records handed to the processor.",
-                &["app", "processor"],
+                &labels(&["processor"]),
             )?,
             records_out: counter(
                 registry,
-                "tributary_streams_records_out_total",
+                SENT_RECORDS,
                 "Records the processor sent to output topics, acknowledged by the broker.",
-                &["app", "processor"],
+                &labels(&["processor"]),
             )?,
             dlq_records: counter(
                 registry,
-                "tributary_streams_dlq_records_total",
+                DLQ_RECORDS,
                 "Input records sent to a dead-letter topic.",
-                &["app", "processor"],
+                &labels(&["processor"]),
             )?,
             process_duration,
             consumer_lag,
             restore_records: counter(
                 registry,
-                "tributary_streams_restore_records_total",
+                "tributary_processor_restore_records_total",
                 "Changelog records read to restore state stores.",
-                &["app", "store"],
+                &labels(&["store"]),
             )?,
             restore_remaining: gauge(
                 registry,
-                "tributary_streams_restore_remaining_records",
+                "tributary_processor_restore_remaining_records",
                 "Changelog records still to read to restore a store (0 once restored).",
-                &["app", "store"],
+                &labels(&["store"]),
             )?,
             commits: counter(
                 registry,
-                "tributary_streams_commits_total",
+                "tributary_processor_commits_total",
                 "Commits of a batch, by outcome: ok, aborted (a write or the commit point failed; the batch is read again).",
-                &["app", "outcome"],
+                &labels(&["outcome"]),
             )?,
             commit_duration: histogram(
                 registry,
-                "tributary_streams_commit_duration_seconds",
+                "tributary_processor_commit_duration_seconds",
                 "Time of one commit, by phase: produce, marker, store, offsets.",
-                &["app", "phase"],
+                &labels(&["phase"]),
                 prometheus::exponential_buckets(0.0002, 3.0, 10).map_err(prom)?,
             )?,
             records_per_commit: histogram(
                 registry,
-                "tributary_streams_commit_size_records",
+                "tributary_processor_commit_size_records",
                 "Input records per commit.",
-                &["app"],
+                &labels(&[]),
                 prometheus::exponential_buckets(1.0, 4.0, 8).map_err(prom)?,
             )?,
             record_duration: histogram(
                 registry,
-                "tributary_streams_record_duration_seconds",
+                "tributary_processor_record_duration_seconds",
                 "Time the processor took for one record.",
-                &["app"],
+                &labels(&[]),
                 prometheus::exponential_buckets(0.00001, 4.0, 10).map_err(prom)?,
             )?,
             retries: counter(
                 registry,
-                "tributary_streams_retries_total",
+                RETRIES,
                 "Retries of records that failed with a retriable error.",
-                &["app"],
+                &labels(&[]),
             )?,
             retrying_seconds: gauge(
                 registry,
-                "tributary_streams_task_retrying_seconds",
+                "tributary_processor_task_retrying_seconds",
                 "How long the task's current record has been retrying; 0 when none is.",
-                &["app", "task"],
+                &labels(&["task"]),
             )?,
             skipped: counter(
                 registry,
-                "tributary_streams_skipped_records_total",
+                "tributary_processor_skipped_records_total",
                 "Records read again below the committed position and skipped.",
-                &["app"],
+                &labels(&[]),
             )?,
             stale_stores: counter(
                 registry,
-                "tributary_streams_stale_stores_total",
+                "tributary_processor_stale_stores_total",
                 "Local stores that did not match their changelog, wiped and restored from scratch.",
-                &["app", "store"],
+                &labels(&["store"]),
             )?,
             backpressure_pauses: counter(
                 registry,
-                "tributary_streams_backpressure_pauses_total",
+                "tributary_processor_backpressure_pauses_total",
                 "Times a task's input was paused because its processor admitted no more of it for now.",
-                &["app", "topic"],
+                &labels(&["topic"]),
             )?,
             inputs_held: gauge(
                 registry,
-                "tributary_streams_inputs_held",
+                "tributary_processor_inputs_held",
                 "Task inputs paused by backpressure now.",
-                &["app"],
+                &labels(&[]),
             )?,
         })
     }
@@ -196,8 +188,9 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    /// Names follow `<namespace>_<name>_<unit>[_total]`: counters end in `_total`, durations are
-    /// `_seconds` histograms (sizes `_records`), and every series carries the `app` label.
+    /// Every family follows the one naming scheme (`tributary_runtime::metrics`): the
+    /// processor's own under `tributary_processor_`, the shared ones under
+    /// `tributary_component_`, each series with `component_kind` and `component_id`.
     #[test]
     fn names_follow_the_conventions() {
         let registry = Registry::new();
@@ -225,27 +218,13 @@ mod tests {
         m.inputs_held.with_label_values(&["a"]).set(1);
         let families = registry.gather();
         assert_eq!(families.len(), 17);
-        for f in &families {
-            let name = f.name();
-            assert!(name.starts_with("tributary_streams_"), "{name}");
-            match f.get_field_type() {
-                prometheus::proto::MetricType::COUNTER => {
-                    assert!(name.ends_with("_total"), "{name}")
-                }
-                prometheus::proto::MetricType::HISTOGRAM => {
-                    assert!(
-                        name.ends_with("_seconds") || name.ends_with("_records"),
-                        "{name}"
-                    )
-                }
-                _ => assert!(!name.ends_with("_total"), "{name}"),
-            }
-            for metric in f.get_metric() {
-                assert!(
-                    metric.get_label().iter().any(|l| l.name() == "app"),
-                    "{name}"
-                );
-            }
+        assert_eq!(
+            tributary_runtime::metrics::naming_problems(&families),
+            Vec::<String>::new()
+        );
+        // What processors and sinks both count has the one shared name.
+        for shared in [RECEIVED_RECORDS, SENT_RECORDS, DLQ_RECORDS, RETRIES] {
+            assert!(families.iter().any(|f| f.name() == shared), "{shared}");
         }
         // A second app in the same registry is refused rather than silently merged.
         assert!(Metrics::register(&registry).is_err());

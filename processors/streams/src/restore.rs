@@ -3,7 +3,7 @@
 //! Runs on the engine thread **outside** the rebalance callback, a slice at a time between two
 //! polls of the group consumer, so the member keeps polling however long a large store takes;
 //! there is no fixed time limit. The task's input partitions stay paused, and the task processes
-//! nothing, until every store is restored (`tributary_streams_restore_*` metrics show progress).
+//! nothing, until every store is restored (`tributary_processor_restore_*` metrics show progress).
 //!
 //! Steps, per task:
 //! 1. Read the task's commit marker (see `commit.rs`): the last committed batch's sequence number

@@ -399,10 +399,10 @@ async fn word_count_clean_run_is_exact() {
     );
     expect_counts(&n.output, &counts(&input)).await;
     wait_for("records_in", || {
-        app.metric("tributary_streams_records_in_total") == input.len() as u64
+        app.metric("tributary_component_received_records_total") == input.len() as u64
     })
     .await;
-    assert!(app.metric("tributary_streams_commits_total") > 0);
+    assert!(app.metric("tributary_processor_commits_total") > 0);
     let families: Vec<String> = app
         .registry
         .gather()
@@ -410,14 +410,14 @@ async fn word_count_clean_run_is_exact() {
         .map(|f| f.name().to_string())
         .collect();
     for name in [
-        "tributary_streams_consumer_lag",
-        "tributary_streams_process_duration_seconds",
-        "tributary_streams_records_out_total",
+        "tributary_processor_consumer_lag",
+        "tributary_processor_process_duration_seconds",
+        "tributary_component_sent_records_total",
     ] {
         assert!(families.iter().any(|f| f == name), "{name} missing");
     }
     assert_eq!(
-        app.metric("tributary_streams_records_out_total"),
+        app.metric("tributary_component_sent_records_total"),
         input.len() as u64,
         "one output per word"
     );
@@ -447,13 +447,13 @@ async fn an_input_a_task_does_not_admit_stays_unread_until_it_is_admitted() {
     produce_words(&n.input, &input).await;
     // Every task holds its input back from the moment it is ready: nothing is read.
     wait_for("three inputs held", || {
-        app.metric("tributary_streams_inputs_held") == PARTITIONS as u64
+        app.metric("tributary_processor_inputs_held") == PARTITIONS as u64
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(app.metric("tributary_streams_records_in_total"), 0);
+    assert_eq!(app.metric("tributary_component_received_records_total"), 0);
     assert_eq!(
-        app.metric("tributary_streams_backpressure_pauses_total"),
+        app.metric("tributary_processor_backpressure_pauses_total"),
         PARTITIONS as u64
     );
 
@@ -461,10 +461,10 @@ async fn an_input_a_task_does_not_admit_stays_unread_until_it_is_admitted() {
     gate.store(true, Ordering::SeqCst);
     expect_counts(&n.output, &counts(&input)).await;
     wait_for("records_in", || {
-        app.metric("tributary_streams_records_in_total") == input.len() as u64
+        app.metric("tributary_component_received_records_total") == input.len() as u64
     })
     .await;
-    assert_eq!(app.metric("tributary_streams_inputs_held"), 0);
+    assert_eq!(app.metric("tributary_processor_inputs_held"), 0);
     app.stop().await;
     cleanup(&n).await;
 }
@@ -485,13 +485,13 @@ async fn kill_and_restart_at(point: KillPoint, salt: usize) {
     };
     let first = start_killable(&n, dir.path(), slow, |b| b.max_batch(50), point);
     wait_for("part of the input", || {
-        first.metric("tributary_streams_records_in_total") >= 300
+        first.metric("tributary_component_received_records_total") >= 300
     })
     .await;
     let registry = first.registry.clone();
     first.kill().await;
     let committed_before_kill =
-        Running::read_metric(&registry, "tributary_streams_records_in_total");
+        Running::read_metric(&registry, "tributary_component_received_records_total");
     assert!(
         committed_before_kill < input.len() as u64,
         "killed part way"
@@ -505,8 +505,8 @@ async fn kill_and_restart_at(point: KillPoint, salt: usize) {
     expect_counts(&n.output, &counts(&input)).await;
     wait_for("the rest of the input to be committed", || {
         committed_before_kill
-            + second.metric("tributary_streams_records_in_total")
-            + second.metric("tributary_streams_skipped_records_total")
+            + second.metric("tributary_component_received_records_total")
+            + second.metric("tributary_processor_skipped_records_total")
             >= input.len() as u64
     })
     .await;
@@ -526,12 +526,12 @@ async fn kill_and_restart_at(point: KillPoint, salt: usize) {
     );
     if point != KillPoint::BeforeAcks {
         // The restart read the killed batch's changelog tail past the local checkpoint.
-        assert!(second.metric("tributary_streams_restore_records_total") > 0);
+        assert!(second.metric("tributary_processor_restore_records_total") > 0);
     }
     if point == KillPoint::AfterMarker {
         // The killed batch was committed by its marker, not by the group's offsets: its
         // records were fetched again and skipped.
-        assert!(second.metric("tributary_streams_skipped_records_total") > 0);
+        assert!(second.metric("tributary_processor_skipped_records_total") > 0);
     }
     second.stop().await;
     cleanup(&n).await;
@@ -564,7 +564,7 @@ async fn restore_reads_only_the_changelog_tail_or_all_of_it_when_local_state_is_
     produce_words(&n.input, &all).await;
     let app = start(&n, dir.path(), wc.clone(), |b| b);
     expect_counts(&n.output, &counts(&all)).await;
-    assert_eq!(app.metric("tributary_streams_restore_records_total"), 0);
+    assert_eq!(app.metric("tributary_processor_restore_records_total"), 0);
     app.stop().await;
 
     // Local copy intact: nothing is read from the changelog, and counting goes on from it.
@@ -573,7 +573,7 @@ async fn restore_reads_only_the_changelog_tail_or_all_of_it_when_local_state_is_
     all.extend(more);
     let app = start(&n, dir.path(), wc.clone(), |b| b);
     expect_counts(&n.output, &counts(&all)).await;
-    assert_eq!(app.metric("tributary_streams_restore_records_total"), 0);
+    assert_eq!(app.metric("tributary_processor_restore_records_total"), 0);
     app.stop().await;
 
     // Local copy gone: the whole changelog is read and the counts go on exactly.
@@ -583,7 +583,7 @@ async fn restore_reads_only_the_changelog_tail_or_all_of_it_when_local_state_is_
     all.extend(more);
     let app = start(&n, dir.path(), wc, |b| b);
     expect_counts(&n.output, &counts(&all)).await;
-    let restored = app.metric("tributary_streams_restore_records_total");
+    let restored = app.metric("tributary_processor_restore_records_total");
     // At least one record per distinct word (fewer than one per write: the engine only logs the
     // last value of a key per commit).
     assert!(restored >= counts(&all).len() as u64, "restored {restored}");
@@ -621,7 +621,7 @@ async fn two_instances_split_tasks_and_failover_keeps_state() {
     produce_words(&n.input, &more).await;
     all.extend(more);
     expect_counts(&n.output, &counts(&all)).await;
-    assert!(b.metric("tributary_streams_records_in_total") > 0);
+    assert!(b.metric("tributary_component_received_records_total") > 0);
 
     b.stop().await;
     wait_for("instance A to own every task again", || {
@@ -799,7 +799,7 @@ async fn corrupt_records_go_to_the_dlq_and_processing_goes_on() {
         );
     }
     wait_for("dlq metric", || {
-        app.metric("tributary_streams_dlq_records_total") == 5
+        app.metric("tributary_component_dlq_records_total") == 5
     })
     .await;
     app.stop().await;
@@ -898,7 +898,8 @@ async fn exactly_once_on_the_mock_cluster_survives_aborted_transactions() {
     })
     .await
     .expect("reader");
-    let records_in = || Running::read_metric(&registry, "tributary_streams_records_in_total");
+    let records_in =
+        || Running::read_metric(&registry, "tributary_component_received_records_total");
     wait_for("every input to be committed", || records_in() >= n as u64).await;
     token.cancel();
     tokio::time::timeout(Duration::from_secs(30), handle)
@@ -919,7 +920,7 @@ async fn exactly_once_on_the_mock_cluster_survives_aborted_transactions() {
     let aborted = registry
         .gather()
         .iter()
-        .filter(|f| f.name() == "tributary_streams_commits_total")
+        .filter(|f| f.name() == "tributary_processor_commits_total")
         .flat_map(|f| f.get_metric().iter())
         .filter(|m| m.get_label().iter().any(|l| l.value() == "aborted"))
         .map(|m| m.counter.value())
@@ -1031,18 +1032,18 @@ async fn a_long_retriable_failure_neither_evicts_the_member_nor_changes_the_outc
     });
     tokio::time::sleep(max_poll * 2).await;
     assert!(
-        app.metric("tributary_streams_task_retrying_seconds") > 0,
+        app.metric("tributary_processor_task_retrying_seconds") > 0,
         "the retrying gauge shows the stuck tasks"
     );
     expect_counts(&n.output, &counts(&input)).await;
-    assert!(app.metric("tributary_streams_retries_total") > 0);
+    assert!(app.metric("tributary_component_retries_total") > 0);
     assert_eq!(
         inits.load(Ordering::SeqCst),
         PARTITIONS as u32,
         "one assignment only: no eviction, no rebalance"
     );
     wait_for("the gauge back at 0", || {
-        app.metric("tributary_streams_task_retrying_seconds") == 0
+        app.metric("tributary_processor_task_retrying_seconds") == 0
     })
     .await;
     app.stop().await;
@@ -1150,7 +1151,7 @@ async fn a_recreated_changelog_makes_the_stale_local_store_rebuild() {
     produce_words(&n.input, &again).await;
     let app = start(&n, dir.path(), wc, |b| b);
     wait_for("the stale store to be detected", || {
-        app.metric("tributary_streams_stale_stores_total") > 0
+        app.metric("tributary_processor_stale_stores_total") > 0
     })
     .await;
     let word = first[0].clone();
@@ -1206,7 +1207,8 @@ async fn at_least_once_survives_failed_output_deliveries_on_the_mock_cluster() {
     let token = CancellationToken::new();
     let _stop_on_drop = token.clone().drop_guard();
     let handle = tokio::spawn(app.run(token.clone()));
-    let records_in = || Running::read_metric(&registry, "tributary_streams_records_in_total");
+    let records_in =
+        || Running::read_metric(&registry, "tributary_component_received_records_total");
     wait_for("every input to be committed", || {
         records_in() >= words.len() as u64
     })
@@ -1255,7 +1257,7 @@ async fn at_least_once_survives_failed_output_deliveries_on_the_mock_cluster() {
     let aborted = registry
         .gather()
         .iter()
-        .filter(|f| f.name() == "tributary_streams_commits_total")
+        .filter(|f| f.name() == "tributary_processor_commits_total")
         .flat_map(|f| f.get_metric().iter())
         .filter(|m| m.get_label().iter().any(|l| l.value() == "aborted"))
         .map(|m| m.counter.value())

@@ -68,10 +68,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Extension, Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Registry};
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use tower::ServiceBuilder;
+use tributary_runtime::metrics::Kind;
 
 use crate::command::Command;
 use crate::sender::CommandSender;
@@ -144,18 +145,20 @@ pub struct GatewayMetrics {
 
 impl GatewayMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        // One gateway per process: its component labels are fixed (`tributary_runtime::metrics`).
+        let opts = |name: &str, help: &str| Kind::Gateway.fixed_opts("gateway", name, help);
         let commands = IntCounterVec::new(
-            Opts::new(
+            opts(
                 "tributary_gateway_commands_total",
                 "Commands received by the HTTP gateway, by command and outcome.",
             ),
             &["command", "outcome"],
         )?;
         let duration = HistogramVec::new(
-            HistogramOpts::new(
+            HistogramOpts::from(opts(
                 "tributary_gateway_request_duration_seconds",
                 "Time from request to answer of POST /commands, including the broker's ack.",
-            )
+            ))
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::{IntGaugeVec, Registry};
 use serde::Serialize;
+use tributary_runtime::metrics::{labels, Kind::Reconcile};
 
 use super::{EntityId, Fields};
 
@@ -228,25 +229,25 @@ pub struct ReconcileMetrics {
 impl ReconcileMetrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let drift = IntGaugeVec::new(
-            Opts::new(
+            Reconcile.opts(
                 "tributary_reconcile_drift_entities",
                 "Entities of a view that differ from the replayed log, by kind (missing, extra, differing), as of the last reconcile.",
             ),
-            &["store", "view", "kind"],
+            &labels(&["view", "kind"]),
         )?;
         let expected = IntGaugeVec::new(
-            Opts::new(
+            Reconcile.opts(
                 "tributary_reconcile_expected_entities",
                 "Entities of a view according to the replayed log.",
             ),
-            &["store", "view"],
+            &labels(&["view"]),
         )?;
         let live = IntGaugeVec::new(
-            Opts::new(
+            Reconcile.opts(
                 "tributary_reconcile_live_entities",
                 "Entities of a view found in the store.",
             ),
-            &["store", "view"],
+            &labels(&["view"]),
         )?;
         registry.register(Box::new(drift.clone()))?;
         registry.register(Box::new(expected.clone()))?;

@@ -169,7 +169,7 @@ impl Running {
     }
 
     /// The value of a metric sample in the exposition text, e.g.
-    /// `tributary_sink_records_stale_total{sink="pg"}`.
+    /// `tributary_sink_changes_stale_total{component_id="pg",component_kind="sink"}`.
     pub fn sample(&self, name: &str) -> Option<f64> {
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
