@@ -13,18 +13,19 @@ use tributary_producers::gateway::auth::Authenticator;
 use tributary_producers::gateway::{GatewayConfig, RateLimit};
 use tributary_producers::loadgen::Workload;
 use tributary_producers::{Command, CommandSender};
-use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL, SCHEMA_REGISTRY_URL};
+use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL};
 use tributary_runtime::redact;
 use tributary_schemas::Codec;
+
+use crate::registry_args::RegistryArgs;
 
 #[derive(ClapArgs, Clone)]
 pub struct Conn {
     /// Kafka bootstrap servers.
     #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
     brokers: String,
-    /// Schema registry URL.
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
-    registry: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Put before every topic name (a pipeline started with the same `--topic-prefix`).
     #[arg(long, default_value = "")]
     topic_prefix: String,
@@ -32,7 +33,7 @@ pub struct Conn {
 
 impl Conn {
     fn sender(&self) -> anyhow::Result<Arc<CommandSender>> {
-        let codec = Arc::new(Codec::new(&self.registry));
+        let codec = Arc::new(Codec::new(&self.registry.url()));
         let sender = CommandSender::new(&self.brokers, codec, &self.topic_prefix)
             .with_context(|| format!("creating a producer for {}", self.brokers))?;
         Ok(Arc::new(sender))

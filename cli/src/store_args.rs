@@ -7,18 +7,20 @@
 use clap::builder::PossibleValuesParser;
 use clap::{Arg, ArgAction, ArgMatches, Args as ClapArgs, Command, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
-use tributary_runtime::config::{KAFKA_BROKERS, SCHEMA_REGISTRY_URL};
+use tributary_runtime::config::KAFKA_BROKERS;
 use tributary_sinks::job::Progress;
 use tributary_sinks::store::Settings;
 use tributary_sinks::stores;
+
+use crate::registry_args::RegistryArgs;
 
 /// Addresses and namespaces of the log and of every store.
 #[derive(ClapArgs)]
 pub struct StoreArgs {
     #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
     pub brokers: String,
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
-    pub registry: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Put before every topic name and sink group (a pipeline started with the same
     /// `--topic-prefix`).
     #[arg(long, default_value = "")]
