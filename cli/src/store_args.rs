@@ -37,7 +37,9 @@ impl StoreArgs {
 }
 
 /// One flag per option of the listed stores (`--database-url`, `--redis-prefix`, ...), each
-/// with its environment variable and default as the store declares them.
+/// with its environment variable and default as the store declares them. The variables' values
+/// are never shown in `--help`: addresses carry passwords, and some options are secrets
+/// (`--elasticsearch-api-key`).
 pub struct StoreOptions(Settings);
 
 impl FromArgMatches for StoreOptions {
@@ -64,8 +66,9 @@ impl clap::Args for StoreOptions {
             .fold(cmd, |cmd, option| {
                 let mut arg = Arg::new(option.name)
                     .long(option.name)
-                    .value_name(if option.address { "URL" } else { "NAME" })
+                    .value_name(option.value_name)
                     .help(option.help)
+                    .hide_env_values(true)
                     .action(ArgAction::Set);
                 if let Some(env) = option.env {
                     arg = arg.env(env);
