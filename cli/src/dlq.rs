@@ -82,8 +82,8 @@ pub struct ShowArgs {
     json: bool,
     #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = tributary_runtime::config::KAFKA_BROKERS.default)]
     brokers: String,
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = tributary_runtime::config::SCHEMA_REGISTRY_URL.default)]
-    registry: String,
+    #[command(flatten)]
+    registry: crate::registry_args::RegistryArgs,
     #[arg(long, default_value = "")]
     topic_prefix: String,
 }
@@ -375,7 +375,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let topic = dlq_name(&args.topic);
     let (_, letters) = load(&args.brokers, &args.topic_prefix, &topic, args.pending).await?;
     // Showing is not processing: an id the registry does not know is shown as bytes at once.
-    let codec = Codec::new(&args.registry).with_unknown_schema_grace(Duration::ZERO);
+    let codec = Codec::new(&args.registry.url()).with_unknown_schema_grace(Duration::ZERO);
     let mut out = Vec::new();
     for l in letters
         .iter()
@@ -554,7 +554,8 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut drift_left = 0;
     if !repairs.is_empty() {
         // As `reconcile` replays: what the sink dead-lettered for an unknown id is skipped.
-        let codec = Codec::new(&args.stores.registry).with_unknown_schema_grace(Duration::ZERO);
+        let codec =
+            Codec::new(&args.stores.registry.url()).with_unknown_schema_grace(Duration::ZERO);
         let lock = tributary_sinks::job::lock_connection(args.stores.settings()).await?;
         for (name, (store, n)) in &repairs {
             let report = crate::reconcile::repair_store(&args.stores, *store, &codec, lock.clone())

@@ -8,6 +8,7 @@ mod produce;
 mod rebuild;
 mod reconcile;
 mod registry;
+mod registry_args;
 mod schemas;
 mod sink;
 mod store_args;

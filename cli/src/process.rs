@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use tributary_processors::{DeclineRule, DomainApp, DomainConfig};
-use tributary_runtime::config::{KAFKA_BROKERS, SCHEMA_REGISTRY_URL};
+use tributary_runtime::config::KAFKA_BROKERS;
+
+use crate::registry_args::RegistryArgs;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -19,8 +21,8 @@ pub struct Args {
     app: Vec<String>,
     #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
     brokers: String,
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
-    registry: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Seconds a schema id the registry does not know is retried (with back-off) before the
     /// records that use it are dead-lettered: a registry failing over is not bad data.
     #[arg(long, env = "TRIBUTARY_UNKNOWN_SCHEMA_GRACE", default_value_t = 60)]
@@ -97,7 +99,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut cfg = DomainConfig::local();
     cfg.topics = tributary_processors::Topics::new(&args.topic_prefix);
     cfg.brokers = args.brokers.clone();
-    cfg.registry_url = args.registry.clone();
+    cfg.registry_url = args.registry.url();
     cfg.unknown_schema_grace = Duration::from_secs(args.unknown_schema_grace);
     if let Some(dir) = &args.state_dir {
         cfg.state_dir = dir.clone();

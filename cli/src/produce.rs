@@ -13,18 +13,19 @@ use tributary_producers::gateway::auth::Authenticator;
 use tributary_producers::gateway::{GatewayConfig, RateLimit};
 use tributary_producers::loadgen::Workload;
 use tributary_producers::{Command, CommandSender};
-use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL, SCHEMA_REGISTRY_URL};
+use tributary_runtime::config::{KAFKA_BROKERS, REDIS_URL};
 use tributary_runtime::redact;
 use tributary_schemas::Codec;
+
+use crate::registry_args::RegistryArgs;
 
 #[derive(ClapArgs, Clone)]
 pub struct Conn {
     /// Kafka bootstrap servers.
     #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
     brokers: String,
-    /// Schema registry URL.
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
-    registry: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Put before every topic name (a pipeline started with the same `--topic-prefix`).
     #[arg(long, default_value = "")]
     topic_prefix: String,
@@ -32,7 +33,7 @@ pub struct Conn {
 
 impl Conn {
     fn sender(&self) -> anyhow::Result<Arc<CommandSender>> {
-        let codec = Arc::new(Codec::new(&self.registry));
+        let codec = Arc::new(Codec::new(&self.registry.url()));
         let sender = CommandSender::new(&self.brokers, codec, &self.topic_prefix)
             .with_context(|| format!("creating a producer for {}", self.brokers))?;
         Ok(Arc::new(sender))
@@ -115,9 +116,13 @@ pub struct GatewayArgs {
     /// Failed authentications per client IP per minute; more are answered 429.
     #[arg(long, default_value_t = 30)]
     auth_failures_per_ip: u32,
-    /// Redis holding rate-limit counters and the order-status view.
-    #[arg(long, env = "TRIBUTARY_REDIS_URL", default_value = REDIS_URL.default)]
+    /// Redis holding rate-limit counters and the order-status view (`rediss://` for TLS).
+    #[arg(long, env = "TRIBUTARY_REDIS_URL", default_value = REDIS_URL.default, hide_env_values = true)]
     redis: String,
+    /// PEM file of the CAs a `rediss://` Redis is verified against, instead of the system's
+    /// roots.
+    #[arg(long, env = tributary_sinks::redis::REDIS_CA_VAR, value_name = "FILE")]
+    redis_ca: Option<String>,
     /// Commands per principal per window; 0 disables the limit.
     #[arg(long, default_value_t = 20)]
     rate_limit: u64,
@@ -146,7 +151,11 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     .context("loading the gateway's credentials")?
     .with_issuer(args.jwt_issuer.clone())
     .with_audience(args.jwt_audience.clone());
-    let redis = tributary_sinks::redis::manager(&args.redis)
+    let redis_ca = args
+        .redis_ca
+        .as_deref()
+        .filter(|path| !path.trim().is_empty());
+    let redis = tributary_sinks::redis::manager(&args.redis, redis_ca)
         .await
         .with_context(|| format!("connecting to redis at {}", redact::url(&args.redis)))?;
     let mut config = GatewayConfig::new(args.listen, auth);

@@ -50,7 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let lock = job::lock_connection(args.stores.settings()).await?;
     // No grace for unknown schema ids: a replay skips what the sink dead-lettered, as before
     // (the replay still waits out an unreachable registry).
-    let codec = Codec::new(&args.stores.registry).with_unknown_schema_grace(Duration::ZERO);
+    let codec = Codec::new(&args.stores.registry.url()).with_unknown_schema_grace(Duration::ZERO);
     let jobs = Jobs {
         settings: args.stores.settings(),
         topic_prefix: &args.stores.topic_prefix,

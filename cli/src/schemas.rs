@@ -13,16 +13,14 @@ use clap::{Args as ClapArgs, Subcommand};
 use schema_registry_converter::async_impl::schema_registry::post_schema;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde_json::{json, Value};
-use tributary_runtime::config::SCHEMA_REGISTRY_URL;
 use tributary_schemas::codec::value_subject;
-use tributary_schemas::RegistryEndpoint;
+
+use crate::registry_args::RegistryArgs;
 
 #[derive(ClapArgs)]
 pub struct Common {
-    /// Schema registry URL; credentials as its userinfo (`https://user:pass@host`) or in
-    /// TRIBUTARY_SCHEMA_REGISTRY_AUTH=user:password.
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
-    registry: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Folder of `<topic>.avsc` files.
     #[arg(long, default_value = "schemas/avro")]
     dir: PathBuf,
@@ -78,7 +76,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn register(c: &Common) -> anyhow::Result<ExitCode> {
-    let endpoint = RegistryEndpoint::from_env(&c.registry);
+    let endpoint = c.registry.endpoint();
     let settings = endpoint.settings();
     for local in load(&c.dir)? {
         let subject = value_subject(&local.topic);
@@ -100,7 +98,7 @@ async fn register(c: &Common) -> anyhow::Result<ExitCode> {
 
 async fn check(c: &Common) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::new();
-    let endpoint = RegistryEndpoint::from_env(&c.registry);
+    let endpoint = c.registry.endpoint();
     let base = endpoint.url.as_str();
     let mut failures = 0;
     for local in load(&c.dir)? {

@@ -88,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.dlq_pause_min = args.dlq_pause_min;
     config.dlq_pause_window = args.dlq_pause_window.max(1);
     let codec = std::sync::Arc::new(
-        Codec::new(&args.stores.registry)
+        Codec::new(&args.stores.registry.url())
             .with_unknown_schema_grace(Duration::from_secs(args.unknown_schema_grace)),
     );
     let sink = Sink::new(config, codec, parts.projection, parts.writer, &metrics);

@@ -7,18 +7,20 @@
 use clap::builder::PossibleValuesParser;
 use clap::{Arg, ArgAction, ArgMatches, Args as ClapArgs, Command, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
-use tributary_runtime::config::{KAFKA_BROKERS, SCHEMA_REGISTRY_URL};
+use tributary_runtime::config::KAFKA_BROKERS;
 use tributary_sinks::job::Progress;
 use tributary_sinks::store::Settings;
 use tributary_sinks::stores;
+
+use crate::registry_args::RegistryArgs;
 
 /// Addresses and namespaces of the log and of every store.
 #[derive(ClapArgs)]
 pub struct StoreArgs {
     #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = KAFKA_BROKERS.default)]
     pub brokers: String,
-    #[arg(long, env = "TRIBUTARY_SCHEMA_REGISTRY_URL", default_value = SCHEMA_REGISTRY_URL.default)]
-    pub registry: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Put before every topic name and sink group (a pipeline started with the same
     /// `--topic-prefix`).
     #[arg(long, default_value = "")]
@@ -35,7 +37,9 @@ impl StoreArgs {
 }
 
 /// One flag per option of the listed stores (`--database-url`, `--redis-prefix`, ...), each
-/// with its environment variable and default as the store declares them.
+/// with its environment variable and default as the store declares them. The variables' values
+/// are never shown in `--help`: addresses carry passwords, and some options are secrets
+/// (`--elasticsearch-api-key`).
 pub struct StoreOptions(Settings);
 
 impl FromArgMatches for StoreOptions {
@@ -62,8 +66,9 @@ impl clap::Args for StoreOptions {
             .fold(cmd, |cmd, option| {
                 let mut arg = Arg::new(option.name)
                     .long(option.name)
-                    .value_name(if option.address { "URL" } else { "NAME" })
+                    .value_name(option.value_name)
                     .help(option.help)
+                    .hide_env_values(true)
                     .action(ArgAction::Set);
                 if let Some(env) = option.env {
                     arg = arg.env(env);

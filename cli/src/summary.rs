@@ -228,8 +228,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.invariants {
-        let (report, timing) =
-            check_invariants(&brokers, &args.stores.registry, &prefix, args.since_ms).await?;
+        let (report, timing) = check_invariants(
+            &brokers,
+            &args.stores.registry.url(),
+            &prefix,
+            args.since_ms,
+        )
+        .await?;
         println!("orders");
         println!("  placed                     {:>9}", report.placed);
         println!("  confirmed                  {:>9}", report.confirmed);

@@ -123,3 +123,62 @@ fn kafka_properties_from_the_environment_reach_the_clients() {
     );
     assert!(!output.contains("kafka-pw-0x56"), "{output}");
 }
+
+/// `--help` names the variables a flag is read from, never their values: credentials
+/// (`--registry-auth`, `--elasticsearch-api-key`) and URLs that carry passwords.
+#[test]
+fn help_shows_no_value_of_a_secret_variable() {
+    // (variable, value, the secret in the value)
+    let secrets = [
+        (
+            "TRIBUTARY_SCHEMA_REGISTRY_AUTH",
+            "ci:reg-auth-0x57",
+            "reg-auth-0x57",
+        ),
+        (
+            "TRIBUTARY_SCHEMA_REGISTRY_URL",
+            "http://ci:reg-url-0x58@127.0.0.1:1",
+            "reg-url-0x58",
+        ),
+        (
+            "TRIBUTARY_ELASTICSEARCH_API_KEY",
+            "es-api-key-0x59",
+            "es-api-key-0x59",
+        ),
+        (
+            "TRIBUTARY_DATABASE_URL",
+            "postgres://app:pg-url-0x5a@127.0.0.1:1/db",
+            "pg-url-0x5a",
+        ),
+        (
+            "TRIBUTARY_REDIS_URL",
+            "redis://:redis-url-0x5b@127.0.0.1:1",
+            "redis-url-0x5b",
+        ),
+    ];
+    let env: Vec<(&str, &str)> = secrets
+        .iter()
+        .map(|(var, value, _)| (*var, *value))
+        .collect();
+    for command in [
+        &["sink"][..],
+        &["process"],
+        &["gateway"],
+        &["schemas", "check"],
+    ] {
+        let args = [command, &["--help"]].concat();
+        let output = run(&args, &env, Duration::from_secs(60));
+        assert!(
+            output.contains("TRIBUTARY_SCHEMA_REGISTRY_AUTH"),
+            "`{}` names the variable:\n{output}",
+            args.join(" ")
+        );
+        for (var, _, secret) in &secrets {
+            assert!(
+                !output.contains(secret),
+                "`{}` printed the value of {var}:\n{output}",
+                args.join(" ")
+            );
+        }
+    }
+}

@@ -169,9 +169,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Codec {
     /// A codec for the registry at `registry_url`, with basic-auth credentials from the URL's
-    /// userinfo or `TRIBUTARY_SCHEMA_REGISTRY_AUTH` (see [`crate::registry_auth`]).
+    /// userinfo, if any (see [`crate::registry_auth`]).
     pub fn new(registry_url: &str) -> Codec {
-        Codec::with_endpoint(&RegistryEndpoint::from_env(registry_url))
+        Codec::with_endpoint(&RegistryEndpoint::parse(registry_url, None))
     }
 
     /// A codec for `endpoint`, its credentials as given.

@@ -11,8 +11,8 @@
 //!   to its topic and schema.
 //! - [`codec`]: the Confluent wire format (magic byte, schema id, Avro datum) through a schema
 //!   registry, with typed errors for every kind of malformed input.
-//! - [`registry_auth`]: the registry's URL and basic-auth credentials (URL userinfo or
-//!   `TRIBUTARY_SCHEMA_REGISTRY_AUTH`), as Confluent's clients take them.
+//! - [`registry_auth`]: the registry's URL and basic-auth credentials (the URL's userinfo, or
+//!   `user:password` beside it), as Confluent's clients take them.
 
 pub mod codec;
 pub mod domain;

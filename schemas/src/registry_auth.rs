@@ -3,14 +3,29 @@
 //! Confluent's serializers read `basic.auth.credentials.source`: `URL` takes the user and
 //! password from the registry URL's userinfo (`https://user:pass@registry:8081`), `USER_INFO`
 //! from `basic.auth.user.info=user:password`. Both work here, with no source to choose: the
-//! URL's userinfo when it has one, else `TRIBUTARY_SCHEMA_REGISTRY_AUTH=user:password`. The
-//! userinfo is taken out of the URL before any request, so the URL can be printed.
+//! URL's userinfo when it has one, else the `user:password` given beside it
+//! ([`RegistryEndpoint::parse`]). The userinfo is taken out of the URL before any request, so
+//! the URL can be printed.
+//!
+//! This crate never reads the environment: the binary reads `TRIBUTARY_SCHEMA_REGISTRY_AUTH`
+//! (`--registry-auth`) and hands the credentials down as the registry URL's userinfo
+//! ([`RegistryEndpoint::userinfo_url`]), so every library that takes a registry URL gets them.
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 
-/// `user:password` for the registry, like Confluent's `basic.auth.user.info`.
+/// `user:password` for the registry, like Confluent's `basic.auth.user.info`: the variable the
+/// binary reads for `--registry-auth`.
 pub const REGISTRY_AUTH_VAR: &str = "TRIBUTARY_SCHEMA_REGISTRY_AUTH";
+
+/// What a user name or password keeps unencoded in a userinfo: RFC 3986's unreserved
+/// characters. Everything else (`:`, `@`, `/`, `%`, ...) is percent-encoded, so that
+/// [`RegistryEndpoint::parse`] reads back exactly the credentials put in.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// A registry URL without userinfo, and the basic-auth credentials, if any.
 #[derive(Clone, PartialEq, Eq)]
@@ -60,9 +75,19 @@ impl RegistryEndpoint {
         RegistryEndpoint { url, credentials }
     }
 
-    /// [`RegistryEndpoint::parse`] with `user_info` from `TRIBUTARY_SCHEMA_REGISTRY_AUTH`.
-    pub fn from_env(url: &str) -> RegistryEndpoint {
-        RegistryEndpoint::parse(url, std::env::var(REGISTRY_AUTH_VAR).ok().as_deref())
+    /// The URL with the credentials as its userinfo, percent-encoded: what
+    /// [`RegistryEndpoint::parse`] turns back into this endpoint. It holds the password, so it
+    /// is for handing down to a codec, never for printing (print [`RegistryEndpoint::url`]).
+    pub fn userinfo_url(&self) -> String {
+        let Some((user, password)) = &self.credentials else {
+            return self.url.clone();
+        };
+        let user = utf8_percent_encode(user, USERINFO);
+        let password = utf8_percent_encode(password, USERINFO);
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://{user}:{password}@{rest}"),
+            None => format!("{user}:{password}@{}", self.url),
+        }
     }
 
     /// The converter's settings: the URL, with basic auth when there are credentials.
@@ -110,5 +135,22 @@ mod tests {
 
         let e = RegistryEndpoint::parse("http://h:8081", Some(""));
         assert_eq!(e.credentials, None);
+    }
+
+    #[test]
+    fn the_userinfo_url_parses_back_to_the_same_endpoint() {
+        for (url, user_info) in [
+            ("https://reg.example:8081/sr/", Some("ci:p@ss/w:rd?#%")),
+            ("http://127.0.0.1:8081", Some("r\u{e9}ader:pw")),
+            ("reg.example:8081", Some("u:p")),
+            ("http://u:p@h/x", Some("other:one")),
+            ("http://h:8081", None),
+        ] {
+            let e = RegistryEndpoint::parse(url, user_info);
+            let folded = e.userinfo_url();
+            assert_eq!(RegistryEndpoint::parse(&folded, None), e, "{folded}");
+        }
+        let e = RegistryEndpoint::parse("http://h:8081", None);
+        assert_eq!(e.userinfo_url(), "http://h:8081");
     }
 }

@@ -99,8 +99,9 @@ pub struct Jobs<'a> {
 /// The connection that holds the stores' locks: the Redis of `settings` (its Redis views'),
 /// whatever the store the job is on.
 pub async fn lock_connection(settings: &Settings) -> Result<ConnectionManager, StoreError> {
-    let url = crate::redis::store::Redis::url(settings)?;
-    crate::redis::manager(url)
+    use crate::redis::store::Redis;
+    let url = Redis::url(settings)?;
+    crate::redis::manager(url, Redis::ca(settings))
         .await
         .map_err(StoreError::connect(
             crate::redis::STORE,

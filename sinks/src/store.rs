@@ -42,6 +42,8 @@ pub struct StoreOption {
     /// The value when neither the flag nor the variable is given; `None`: unset.
     pub default: Option<&'static str>,
     pub help: &'static str,
+    /// What the flag's value is called in `--help`: `URL`, `NAME`, `FILE`, ...
+    pub value_name: &'static str,
     /// The store's address: what `tributary sink --url` sets for the store it runs.
     pub address: bool,
 }

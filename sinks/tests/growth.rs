@@ -5,7 +5,7 @@
 mod runner_common;
 
 use runner_common::*;
-use tributary_runtime::config::{ELASTICSEARCH_URL, MONGODB_URL};
+use tributary_runtime::config::{ELASTICSEARCH_URL, MONGODB_URL, REDIS_URL};
 use tributary_runtime::kafka::unique_name;
 use tributary_sinks::change::{coalesce, Change, ViewWriter};
 use tributary_sinks::elasticsearch::{self as es, EsWriter};
@@ -72,6 +72,7 @@ async fn every_store_reports_its_views_sizes() {
     // Redis: product keys under the test's prefix, and the server's memory.
     let prefix = format!("{}:v1", unique_name("growth"));
     let redis_w = RedisWriter::connect(RedisConfig {
+        url: REDIS_URL.get(),
         prefix: prefix.clone(),
         ..RedisConfig::default()
     })

@@ -557,6 +557,7 @@ async fn redis_rebuild_swaps_the_key_prefix_in_one_script() {
     use tributary_sinks::redis::{RedisConfig, RedisProjection, RedisWriter};
     let prefix = unique_name("test-rebuild");
     let redis_config = RedisConfig {
+        url: REDIS_URL.get(),
         prefix: prefix.clone(),
         ..RedisConfig::default()
     };

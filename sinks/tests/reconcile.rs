@@ -478,6 +478,7 @@ async fn redis_reconcile_finds_and_repairs_exactly_the_drift() {
     use tributary_sinks::redis::{RedisConfig, RedisProjection, RedisWriter};
     let prefix = unique_name("test-reconcile");
     let writer = RedisWriter::connect(RedisConfig {
+        url: REDIS_URL.get(),
         prefix: prefix.clone(),
         ..RedisConfig::default()
     })

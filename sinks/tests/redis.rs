@@ -28,6 +28,7 @@ const STREAMS: &[EventStream] = &[
 
 async fn writer(prefix: &str) -> RedisWriter {
     RedisWriter::connect(RedisConfig {
+        url: REDIS_URL.get(),
         prefix: prefix.to_string(),
         ..RedisConfig::default()
     })

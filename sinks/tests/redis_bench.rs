@@ -35,6 +35,7 @@ fn order(i: usize) -> Change {
 async fn redis_writer_throughput() {
     let prefix = unique_name("bench-redis") + ":v1";
     let writer = RedisWriter::connect(RedisConfig {
+        url: REDIS_URL.get(),
         prefix: prefix.clone(),
         ..RedisConfig::default()
     })

@@ -95,6 +95,7 @@ mod noop {
         env: None,
         default: Some("memory://"),
         help: "Where the no-op store keeps its views",
+        value_name: "URL",
         address: true,
     }];
 

@@ -23,6 +23,8 @@ use crate::topics::Topics;
 #[derive(Debug, Clone)]
 pub struct DomainConfig {
     pub brokers: String,
+    /// The schema registry; basic-auth credentials, if any, as its userinfo (see
+    /// `tributary_schemas::registry_auth`).
     pub registry_url: String,
     /// How long a schema id the registry does not know is retried before the record is
     /// dead-lettered (a registry failover is not bad data).

@@ -12,7 +12,7 @@ use common::*;
 use mongodb::bson::{doc, Document};
 use tokio_util::sync::CancellationToken;
 use tributary_processors::DomainApp;
-use tributary_runtime::config::{ELASTICSEARCH_URL, MONGODB_URL};
+use tributary_runtime::config::{ELASTICSEARCH_URL, MONGODB_URL, REDIS_URL};
 use tributary_runtime::kafka::unique_name;
 use tributary_schemas::domain::*;
 use tributary_sinks::change::ViewWriter;
@@ -53,6 +53,7 @@ impl Stores {
             .await
             .expect("mongo migrations");
         let redis = RedisWriter::connect(RedisConfig {
+            url: REDIS_URL.get(),
             prefix: format!("{}:v1", unique_name("saga")),
             ..RedisConfig::default()
         })

@@ -1,15 +1,19 @@
 //! The one place an Elasticsearch client is built (the sink, `reconcile`, `rebuild`, `summary`).
 //!
 //! Credentials, in this order:
-//! - `TRIBUTARY_ELASTICSEARCH_API_KEY`: an API key in its encoded form (base64 of `id:key`, what
+//! - [`EsSecurity::api_key`]: an API key in its encoded form (base64 of `id:key`, what
 //!   `POST /_security/api_key` returns as `encoded`), sent as `Authorization: ApiKey ...`;
 //! - otherwise the URL's userinfo (`https://user:password@host:9200`, percent-encoded as URLs
 //!   are), sent as HTTP basic auth. The userinfo is taken out of the URL the client keeps, so it
 //!   never shows up in the client's own errors.
 //!
 //! TLS is the URL's scheme: `https://` verifies the server against the system's roots, or
-//! against the PEM bundle named by `TRIBUTARY_ELASTICSEARCH_CA` (a private CA, as Elastic's
-//! own `http_ca.crt`).
+//! against the PEM bundle [`EsSecurity::ca_file`] (a private CA, as Elastic's own
+//! `http_ca.crt`).
+//!
+//! The binary fills [`EsSecurity`] from `--elasticsearch-api-key` and `--elasticsearch-ca`
+//! (`TRIBUTARY_ELASTICSEARCH_API_KEY`, `TRIBUTARY_ELASTICSEARCH_CA`); this crate never reads
+//! the environment.
 
 use std::time::Duration;
 
@@ -24,37 +28,37 @@ use tributary_runtime::redact;
 use super::STORE;
 use crate::change::WriteError;
 
-/// An encoded API key; wins over the URL's userinfo.
+/// The variable the binary reads for `--elasticsearch-api-key`.
 pub const API_KEY_VAR: &str = "TRIBUTARY_ELASTICSEARCH_API_KEY";
-/// A PEM file of CA certificates to trust for `https://` instead of the system's roots.
+/// The variable the binary reads for `--elasticsearch-ca`.
 pub const CA_VAR: &str = "TRIBUTARY_ELASTICSEARCH_CA";
 
 /// How a client authenticates and whom it trusts, apart from the URL.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct EsSecurity {
-    /// See [`API_KEY_VAR`].
+    /// An encoded API key; wins over the URL's userinfo.
     pub api_key: Option<String>,
-    /// See [`CA_VAR`].
+    /// A PEM file of CA certificates to trust for `https://` instead of the system's roots.
     pub ca_file: Option<String>,
 }
 
-impl EsSecurity {
-    /// From `TRIBUTARY_ELASTICSEARCH_API_KEY` and `TRIBUTARY_ELASTICSEARCH_CA`.
-    pub fn from_env() -> Self {
-        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        Self {
-            api_key: var(API_KEY_VAR),
-            ca_file: var(CA_VAR),
-        }
+/// Without the API key's value: a config may be printed.
+impl std::fmt::Debug for EsSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsSecurity")
+            .field("api_key", &self.api_key.as_ref().map(|_| redact::MASK))
+            .field("ca_file", &self.ca_file)
+            .finish()
     }
 }
 
-/// A client to the server at `url` (credentials and CA from the environment).
+/// A client to the server at `url`, with the URL's userinfo as its only credentials and the
+/// system's roots as its only CAs.
 ///
 /// The request timeout is bounded (30 s) so a hung server surfaces as
 /// [`WriteError::Unavailable`] instead of stalling the runner.
 pub fn client(url: &str) -> Result<Elasticsearch, WriteError> {
-    client_with(url, &EsSecurity::from_env())
+    client_with(url, &EsSecurity::default())
 }
 
 /// [`client`] with the security settings given.
@@ -132,5 +136,16 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains(CA_VAR), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_api_key_is_not_debug_printed() {
+        let security = EsSecurity {
+            api_key: Some("aWQ6c2VjcmV0LWtleQ==".into()),
+            ca_file: Some("/etc/ca.pem".into()),
+        };
+        let printed = format!("{security:?}");
+        assert!(!printed.contains("aWQ6c2VjcmV0LWtleQ=="), "{printed}");
+        assert!(printed.contains("/etc/ca.pem"), "{printed}");
     }
 }

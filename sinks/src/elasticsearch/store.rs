@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tributary_runtime::config::ELASTICSEARCH_URL;
 use tributary_runtime::redact;
 
+use super::connect::{EsSecurity, API_KEY_VAR, CA_VAR};
 use super::growth::EsSampler;
 use super::indices::INDICES;
 use super::live::EsLive;
@@ -18,6 +19,8 @@ use crate::store::{Settings, Store, StoreConfig, StoreError, StoreOption, StoreP
 
 const URL: &str = "elasticsearch-url";
 const INDEX_PREFIX: &str = "index-prefix";
+const API_KEY: &str = "elasticsearch-api-key";
+const CA: &str = "elasticsearch-ca";
 
 /// The prefix of the indices and aliases unless told otherwise.
 pub const DEFAULT_INDEX_PREFIX: &str = "tributary-";
@@ -28,13 +31,33 @@ const OPTIONS: &[StoreOption] = &[
         env: Some(ELASTICSEARCH_URL.var),
         default: Some(ELASTICSEARCH_URL.default),
         help: "Elasticsearch of the Elasticsearch views",
+        value_name: "URL",
         address: true,
+    },
+    StoreOption {
+        name: API_KEY,
+        env: Some(API_KEY_VAR),
+        default: None,
+        help: "Encoded API key for Elasticsearch (sent as `Authorization: ApiKey ...`; wins over \
+               the URL's userinfo)",
+        value_name: "KEY",
+        address: false,
+    },
+    StoreOption {
+        name: CA,
+        env: Some(CA_VAR),
+        default: None,
+        help: "PEM file of the CAs an `https://` Elasticsearch is verified against, instead of \
+               the system's roots",
+        value_name: "FILE",
+        address: false,
     },
     StoreOption {
         name: INDEX_PREFIX,
         env: None,
         default: Some(DEFAULT_INDEX_PREFIX),
         help: "Prefix of the Elasticsearch indices and aliases",
+        value_name: "NAME",
         address: false,
     },
 ];
@@ -46,6 +69,8 @@ pub struct EsConfig {
     pub url: String,
     /// Put before every index and alias name.
     pub index_prefix: String,
+    /// API key and CA file, from `--elasticsearch-api-key` and `--elasticsearch-ca`.
+    pub security: EsSecurity,
 }
 
 /// The Elasticsearch entry of [`crate::stores::all`].
@@ -69,16 +94,28 @@ impl Store for Elasticsearch {
         Ok(Box::new(EsConfig {
             url: settings.require(STORE, URL)?.to_string(),
             index_prefix: settings.require(STORE, INDEX_PREFIX)?.to_string(),
+            security: EsSecurity {
+                api_key: settings
+                    .get(API_KEY)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(Into::into),
+                ca_file: settings
+                    .get(CA)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(Into::into),
+            },
         }))
     }
 }
 
 impl EsConfig {
     fn writer(&self) -> Result<EsWriter, StoreError> {
-        EsWriter::connect(&self.url, self.index_prefix.clone()).map_err(StoreError::connect(
-            STORE,
-            format!("connecting to Elasticsearch at {}", redact::url(&self.url)),
-        ))
+        EsWriter::connect_with(&self.url, &self.security, self.index_prefix.clone()).map_err(
+            StoreError::connect(
+                STORE,
+                format!("connecting to Elasticsearch at {}", redact::url(&self.url)),
+            ),
+        )
     }
 
     fn sampler_of(writer: &EsWriter) -> EsSampler {

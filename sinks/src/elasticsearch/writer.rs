@@ -29,6 +29,7 @@ use elasticsearch::Elasticsearch;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
+use super::connect::EsSecurity;
 use super::indices::call;
 use super::projection::TOMBSTONE_VERSION;
 use super::STORE;
@@ -44,10 +45,22 @@ pub struct EsWriter {
 }
 
 impl EsWriter {
-    /// A writer to the server at `url`, writing to aliases `<prefix><view>`; credentials, TLS
-    /// and timeouts as [`super::connect`] sets them.
+    /// A writer to the server at `url`, writing to aliases `<prefix><view>`; credentials (the
+    /// URL's userinfo), TLS and timeouts as [`super::connect`] sets them.
     pub fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, WriteError> {
-        Ok(Self::new(super::client(url)?, prefix))
+        Self::connect_with(url, &EsSecurity::default(), prefix)
+    }
+
+    /// [`EsWriter::connect`] with an API key or a CA file.
+    pub fn connect_with(
+        url: &str,
+        security: &EsSecurity,
+        prefix: impl Into<String>,
+    ) -> Result<Self, WriteError> {
+        Ok(Self::new(
+            super::connect::client_with(url, security)?,
+            prefix,
+        ))
     }
 
     /// A writer over an existing client.

@@ -26,6 +26,7 @@ const OPTIONS: &[StoreOption] = &[
         env: Some(MONGODB_URL.var),
         default: Some(MONGODB_URL.default),
         help: "MongoDB of the MongoDB views",
+        value_name: "URL",
         address: true,
     },
     StoreOption {
@@ -33,6 +34,7 @@ const OPTIONS: &[StoreOption] = &[
         env: None,
         default: Some(DEFAULT_DATABASE),
         help: "MongoDB database of the views",
+        value_name: "NAME",
         address: false,
     },
 ];

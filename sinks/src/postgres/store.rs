@@ -22,6 +22,7 @@ const OPTIONS: &[StoreOption] = &[
         env: Some(DATABASE_URL.var),
         default: Some(DATABASE_URL.default),
         help: "PostgreSQL of the PostgreSQL views (`sslmode` in the URL for TLS)",
+        value_name: "URL",
         address: true,
     },
     StoreOption {
@@ -29,6 +30,7 @@ const OPTIONS: &[StoreOption] = &[
         env: None,
         default: None,
         help: "PostgreSQL schema of the views; defaults to the server's `search_path`",
+        value_name: "NAME",
         address: false,
     },
 ];

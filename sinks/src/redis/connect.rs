@@ -2,32 +2,22 @@
 //! `summary` and the gateway.
 //!
 //! TLS is the URL's: `rediss://[user:password@]host:port` connects over TLS (rustls) and
-//! verifies the server against the system's roots, or against the PEM bundle named by
-//! `TRIBUTARY_REDIS_CA` when that is set (a private CA, as managed Redis services and the
-//! tests use). ACL credentials are the URL's userinfo (`redis://user:password@...`; a
-//! password alone is `redis://:password@...`), sent with `AUTH user password` on every
-//! (re)connection. A `redis://` URL is plaintext whatever `TRIBUTARY_REDIS_CA` says.
+//! verifies the server against the system's roots, or against the PEM bundle `ca_file` when
+//! one is given (a private CA, as managed Redis services and the tests use): the binary's
+//! `--redis-ca`, read from `TRIBUTARY_REDIS_CA`. ACL credentials are the URL's userinfo
+//! (`redis://user:password@...`; a password alone is `redis://:password@...`), sent with
+//! `AUTH user password` on every (re)connection. A `redis://` URL is plaintext whatever the CA.
 
 use ::redis::{Client, ErrorKind, RedisError, TlsCertificates};
 
-/// Names a PEM file of CA certificates to trust for `rediss://` instead of the system's roots.
+/// The variable the binary reads for `--redis-ca`: a PEM file of CA certificates to trust for
+/// `rediss://` instead of the system's roots.
 pub const REDIS_CA_VAR: &str = "TRIBUTARY_REDIS_CA";
 
-/// A client for `url`, trusting `TRIBUTARY_REDIS_CA` for TLS when set. Nothing is connected
-/// yet. Errors (a bad URL, an unreadable CA file) never carry the URL's password.
-pub fn client(url: &str) -> Result<Client, RedisError> {
-    client_with_ca(url, ca_from_env().as_deref())
-}
-
-/// `TRIBUTARY_REDIS_CA`, when set and not empty.
-pub fn ca_from_env() -> Option<String> {
-    std::env::var(REDIS_CA_VAR)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-}
-
-/// [`client`] with the CA file given rather than read from the environment.
-pub fn client_with_ca(url: &str, ca_file: Option<&str>) -> Result<Client, RedisError> {
+/// A client for `url`, trusting the PEM file `ca_file` for TLS when given (else the system's
+/// roots). Nothing is connected yet. Errors (a bad URL, an unreadable CA file) never carry the
+/// URL's password.
+pub fn client(url: &str, ca_file: Option<&str>) -> Result<Client, RedisError> {
     install_crypto_provider();
     match ca_file {
         Some(path) if url.starts_with("rediss://") => {
@@ -35,7 +25,7 @@ pub fn client_with_ca(url: &str, ca_file: Option<&str>) -> Result<Client, RedisE
                 RedisError::from((
                     ErrorKind::InvalidClientConfig,
                     "cannot read the Redis CA file",
-                    format!("{REDIS_CA_VAR}={path}: {e}"),
+                    format!("{path}: {e}"),
                 ))
             })?;
             Client::build_with_tls(
@@ -58,8 +48,11 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A connection manager for `url` (it reconnects by itself): the gateway's, and the one that
-/// holds the stores' locks.
-pub async fn manager(url: &str) -> Result<::redis::aio::ConnectionManager, RedisError> {
-    ::redis::aio::ConnectionManager::new(client(url)?).await
+/// A connection manager for `url`, `ca_file` as in [`client`] (it reconnects by itself): the
+/// gateway's, and the one that holds the stores' locks.
+pub async fn manager(
+    url: &str,
+    ca_file: Option<&str>,
+) -> Result<::redis::aio::ConnectionManager, RedisError> {
+    ::redis::aio::ConnectionManager::new(client(url, ca_file)?).await
 }

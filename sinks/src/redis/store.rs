@@ -8,12 +8,13 @@ use tributary_runtime::redact;
 use super::growth::RedisSampler;
 use super::live::RedisLive;
 use super::rebuild::RedisTarget;
-use super::{RedisConfig, RedisProjection, RedisWriter, DEFAULT_PREFIX, STORE};
+use super::{RedisConfig, RedisProjection, RedisWriter, DEFAULT_PREFIX, REDIS_CA_VAR, STORE};
 use crate::runner::Projection;
 use crate::store::{Settings, Store, StoreConfig, StoreError, StoreOption, StoreParts};
 
 const URL: &str = "redis-url";
 const PREFIX: &str = "redis-prefix";
+const CA: &str = "redis-ca";
 
 const OPTIONS: &[StoreOption] = &[
     StoreOption {
@@ -22,13 +23,24 @@ const OPTIONS: &[StoreOption] = &[
         default: Some(REDIS_URL.default),
         help: "Redis of the Redis views, and of the stores' locks whatever the store \
                (`rediss://` for TLS)",
+        value_name: "URL",
         address: true,
+    },
+    StoreOption {
+        name: CA,
+        env: Some(REDIS_CA_VAR),
+        default: None,
+        help: "PEM file of the CAs a `rediss://` Redis is verified against, instead of the \
+               system's roots",
+        value_name: "FILE",
+        address: false,
     },
     StoreOption {
         name: PREFIX,
         env: None,
         default: Some(DEFAULT_PREFIX),
         help: "Prefix of the Redis keys (a key is `<prefix>:<view>:<id>`)",
+        value_name: "NAME",
         address: false,
     },
 ];
@@ -42,6 +54,11 @@ impl Redis {
     /// holds the stores' locks.
     pub fn url(settings: &Settings) -> Result<&str, StoreError> {
         settings.require(STORE, URL)
+    }
+
+    /// The CA file of `settings` to verify a `rediss://` Redis against, if any.
+    pub fn ca(settings: &Settings) -> Option<&str> {
+        settings.get(CA).filter(|path| !path.trim().is_empty())
     }
 }
 
@@ -61,6 +78,7 @@ impl Store for Redis {
     fn config(&self, settings: &Settings) -> Result<Box<dyn StoreConfig>, StoreError> {
         Ok(Box::new(RedisConfig {
             url: Self::url(settings)?.to_string(),
+            ca_file: Self::ca(settings).map(str::to_string),
             prefix: settings.require(STORE, PREFIX)?.to_string(),
             ..RedisConfig::default()
         }))

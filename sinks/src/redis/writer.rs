@@ -76,10 +76,10 @@ pub const DEFAULT_PREFIX: &str = "tributary:v1";
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// `redis://...` or `rediss://...` (TLS), ACL user and password in the userinfo; defaults
-    /// to `TRIBUTARY_REDIS_URL`.
+    /// to the local stack's (the binary sets it from `--redis-url`).
     pub url: String,
     /// PEM file of the CAs a `rediss://` server is verified against instead of the system's
-    /// roots; defaults to `TRIBUTARY_REDIS_CA` (see [`super::connect`]).
+    /// roots; none by default (the binary sets it from `--redis-ca`; see [`super::connect`]).
     pub ca_file: Option<String>,
     /// Prefix of every key, versioned so that a new layout can live beside the old one; a key is
     /// `<prefix>:<view>:<id>` ([`DEFAULT_PREFIX`] by default).
@@ -94,8 +94,8 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: tributary_runtime::config::REDIS_URL.get(),
-            ca_file: super::connect::ca_from_env(),
+            url: tributary_runtime::config::REDIS_URL.default.to_string(),
+            ca_file: None,
             prefix: DEFAULT_PREFIX.into(),
             tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             response_timeout: Duration::from_secs(5),
@@ -142,10 +142,12 @@ pub struct RedisWriter {
 impl RedisWriter {
     /// Connects (the connection manager reconnects by itself afterwards).
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisSinkError> {
-        let client = super::connect::client_with_ca(&config.url, config.ca_file.as_deref())
-            .map_err(|source| RedisSinkError::Url {
-                url: redact::url(&config.url),
-                source,
+        let client =
+            super::connect::client(&config.url, config.ca_file.as_deref()).map_err(|source| {
+                RedisSinkError::Url {
+                    url: redact::url(&config.url),
+                    source,
+                }
             })?;
         let error = |source| RedisSinkError::Connect {
             url: redact::url(&config.url),
