@@ -10,9 +10,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use tributary_runtime::metrics::Kind::Sink;
 use tributary_runtime::metrics::{labels, DLQ_RECORDS, RECEIVED_RECORDS, RETRIES};
