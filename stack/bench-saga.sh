@@ -25,6 +25,8 @@ for rate in $rates; do
   timeouts=$(sed -n 's/^ *cancelled (Timeout) *\([0-9]*\)$/\1/p' "$log"); timeouts=${timeouts:-0}
   sent=$(sed -n 's/.*loadgen: sent \(.*\)$/\1/p' "$log")
   echo "offered $rate commands/s (loadgen: $sent): $lat; timeouts $timeouts; invariants hold, zero drift"
+  # Where an order's time goes (the summary's stages, each a few hops).
+  sed -n 's/^ *\(placed → stock answer\|stock → payment answer\|payment answer → outcome\) */  stage \1: /p' "$log"
   sed -n 's/^  visible  *\(.*\)$/  event -> visible in \1/p' "$log"
   rm -f "$log"
 done

@@ -255,6 +255,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             timing.percentile(0.99),
             timing.span_ms as f64 / 1000.0,
         );
+        for (stage, v) in &timing.stages {
+            println!(
+                "    {stage:<27}p50 {} ms, p99 {} ms ({} orders)",
+                percentile(v, 0.50),
+                percentile(v, 0.99),
+                v.len()
+            );
+        }
         println!("invariants");
         if report.violations.is_empty() {
             println!("  every order final, stock conserved, captured iff confirmed, refunded iff compensated, one notification per outcome: hold");
@@ -345,10 +353,19 @@ struct Timing {
     latencies_ms: Vec<i64>,
     /// From the first `OrderPlaced` to the last outcome.
     span_ms: i64,
+    /// Where an order's time goes, stage by stage (each sorted, in milliseconds): placed →
+    /// inventory's answer, → payments' answer, → the outcome. Each stage spans a few hops
+    /// (a saga step on a command topic, the answering app, its event back to the saga).
+    stages: Vec<(&'static str, Vec<i64>)>,
 }
 
 impl Timing {
-    fn of(orders: &[Envelope<OrderEvent>], since_ms: i64) -> Timing {
+    fn of(
+        orders: &[Envelope<OrderEvent>],
+        inventory: &[Envelope<InventoryEvent>],
+        payments: &[Envelope<PaymentEvent>],
+        since_ms: i64,
+    ) -> Timing {
         let mut placed: BTreeMap<&str, i64> = BTreeMap::new();
         let mut done: BTreeMap<&str, i64> = BTreeMap::new();
         for e in orders {
@@ -370,6 +387,39 @@ impl Timing {
             .filter_map(|(id, end)| placed.get(id).map(|start| (end - start).max(0)))
             .collect();
         latencies_ms.sort_unstable();
+        // The first answer of each kind per order: a reservation or its failure, an
+        // authorization or a decline.
+        let mut stocked: BTreeMap<&str, i64> = BTreeMap::new();
+        for e in inventory {
+            let id = match &e.payload {
+                InventoryEvent::StockReserved(r) => r.order_id.as_str(),
+                InventoryEvent::StockReservationFailed(f) => f.order_id.as_str(),
+                _ => continue,
+            };
+            stocked.entry(id).or_insert(e.timestamp);
+        }
+        let mut paid: BTreeMap<&str, i64> = BTreeMap::new();
+        for e in payments {
+            let id = match &e.payload {
+                PaymentEvent::PaymentAuthorized(a) => a.order_id.as_str(),
+                PaymentEvent::PaymentDeclined(d) => d.order_id.as_str(),
+                _ => continue,
+            };
+            paid.entry(id).or_insert(e.timestamp);
+        }
+        let between = |from: &BTreeMap<&str, i64>, to: &BTreeMap<&str, i64>| {
+            let mut v: Vec<i64> = from
+                .iter()
+                .filter_map(|(id, t)| to.get(id).map(|u| (u - t).max(0)))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let stages = vec![
+            ("placed → stock answer", between(&placed, &stocked)),
+            ("stock → payment answer", between(&stocked, &paid)),
+            ("payment answer → outcome", between(&paid, &done)),
+        ];
         let first = placed.values().min().copied().unwrap_or(0);
         let last = done
             .iter()
@@ -380,16 +430,22 @@ impl Timing {
         Timing {
             latencies_ms,
             span_ms: (last - first).max(0),
+            stages,
         }
     }
 
     fn percentile(&self, q: f64) -> i64 {
-        if self.latencies_ms.is_empty() {
-            return 0;
-        }
-        let i = ((self.latencies_ms.len() - 1) as f64 * q).round() as usize;
-        self.latencies_ms[i.min(self.latencies_ms.len() - 1)]
+        percentile(&self.latencies_ms, q)
     }
+}
+
+/// The `q` quantile of sorted values (0 when there are none).
+fn percentile(sorted: &[i64], q: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn check_invariants(
@@ -407,5 +463,6 @@ async fn check_invariants(
     let notifications =
         read_all::<NotificationEvent>(brokers, &codec, &topic(NotificationEvent::TOPIC)).await?;
     let report = invariants::check(&orders, &inventory, &payments, &notifications);
-    Ok((report, Timing::of(&orders, since_ms)))
+    let timing = Timing::of(&orders, &inventory, &payments, since_ms);
+    Ok((report, timing))
 }

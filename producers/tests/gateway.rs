@@ -376,7 +376,14 @@ async fn gateway_accepts_refuses_limits_and_reads_order_status() {
         .text()
         .await
         .unwrap();
+    // Every series also carries the component labels of the one naming scheme (labels are
+    // exposed sorted by name: command, component_id, component_kind, outcome).
     let series = |labels: &str| -> f64 {
+        let labels = labels.replacen(
+            ",outcome=",
+            r#",component_id="gateway",component_kind="gateway",outcome="#,
+            1,
+        );
         let line = text
             .lines()
             .find(|l| l.starts_with(&format!("tributary_gateway_commands_total{{{labels}}}")))

@@ -221,7 +221,7 @@ async fn postgres_reconcile_finds_and_repairs_exactly_the_drift() {
         .encode_to_string(&registry.gather())
         .expect("encode");
     assert!(text.contains(
-        "tributary_reconcile_drift_entities{kind=\"missing\",store=\"postgres\",view=\"users\"} 0"
+        "tributary_reconcile_drift_entities{component_id=\"postgres\",component_kind=\"reconcile\",kind=\"missing\",view=\"users\"} 0"
     ));
     let json = serde_json::to_value(&clean).expect("report serializes");
     assert_eq!(json["store"], "postgres");
