@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut tasks = tokio::task::JoinSet::new();
     for app in apps {
         // The runtime registers its metric families once per registry, so each app gets its own
-        // (its series carry an `app` label); the served registry gathers them all.
+        // (its series carry the app as `component_id`); the served registry gathers them all.
         let app_registry = prometheus::Registry::new();
         registry
             .register(Box::new(RegistryCollector::new(

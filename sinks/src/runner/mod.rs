@@ -72,7 +72,7 @@ impl SourceTopic {
 /// How a sink consumes, batches and retries.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    /// The sink's name: the `sink` label of its metrics.
+    /// The sink's name: the `component_id` label of its metrics.
     pub name: String,
     pub brokers: String,
     pub group_id: String,
