@@ -314,6 +314,46 @@ impl SinkMetrics {
 mod tests {
     use super::*;
 
+    /// Every family a sink process serves (its runner's and the growth sampler's) follows the
+    /// one naming scheme of `tributary_runtime::metrics`.
+    #[test]
+    fn names_follow_the_scheme() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry).expect("metrics").sink("postgres");
+        let change = Change {
+            view: "users",
+            key: "u-1".to_string(),
+            version: 1,
+            event_time_ms: tributary_runtime::clock::now_ms(),
+            op: crate::change::Op::Delete,
+        };
+        m.batch_written(
+            1,
+            &[change],
+            WriteOutcome::default(),
+            Duration::from_millis(1),
+        );
+        m.pool_usage(1, 1);
+        m.dead_lettered(1);
+        m.retried();
+        let growth = crate::growth::GrowthMetrics::new(&registry).expect("growth metrics");
+        growth.record(&[crate::growth::ViewSize {
+            store: "postgres",
+            view: "users".to_string(),
+            entities: Some(1),
+            bytes: Some(10),
+        }]);
+        let families = registry.gather();
+        assert!(families.len() >= 15, "{}", families.len());
+        assert_eq!(
+            tributary_runtime::metrics::naming_problems(&families),
+            Vec::<String>::new()
+        );
+        for shared in [RECEIVED_RECORDS, DLQ_RECORDS, RETRIES] {
+            assert!(families.iter().any(|f| f.name() == shared), "{shared}");
+        }
+    }
+
     #[test]
     fn only_writes_slower_than_a_second_count_as_slow() {
         let registry = Registry::new();

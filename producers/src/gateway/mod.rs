@@ -618,3 +618,22 @@ async fn get_order(
         ),
     }
 }
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    /// The gateway's families follow the one naming scheme (`tributary_runtime::metrics`).
+    #[test]
+    fn names_follow_the_scheme() {
+        let registry = Registry::new();
+        let m = GatewayMetrics::new(&registry).expect("metrics");
+        m.record("PlaceOrder", "accepted", Instant::now());
+        let families = registry.gather();
+        assert_eq!(families.len(), 2);
+        assert_eq!(
+            tributary_runtime::metrics::naming_problems(&families),
+            Vec::<String>::new()
+        );
+    }
+}
