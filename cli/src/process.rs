@@ -46,9 +46,10 @@ pub struct Args {
     /// Time between commits while records flow. Outputs are sent as each record succeeds, so
     /// this costs the next hop nothing; longer means fewer commits and changelog records (less
     /// work for the broker, which every hop waits on), and more records read again after a
-    /// crash. 1 s measured faster than 100 ms on the local broker (BENCHMARKS.md); Kafka
-    /// Streams' at-least-once default is 30 s.
-    #[arg(long, default_value_t = 1000)]
+    /// crash. It is also the length of one turn of the runtime's loop (timers, retries,
+    /// backpressure run once a turn), so it stays short by default; 1 s measured faster on the
+    /// local broker (BENCHMARKS.md).
+    #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
     /// How long the broker may hold an empty fetch (librdkafka's fetch.wait.max.ms): the
     /// latency floor of each hop against the broker's load from idle fetches.

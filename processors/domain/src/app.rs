@@ -78,7 +78,7 @@ impl DomainConfig {
             saga_timeout: Duration::from_secs(30),
             saga_max_open: crate::DEFAULT_SAGA_MAX_OPEN,
             decline: DeclineRule::default(),
-            commit_interval: Duration::from_millis(1000),
+            commit_interval: Duration::from_millis(100),
             fetch_wait: Duration::from_millis(50),
             linger: Duration::from_millis(1),
             idempotent_producer: false,

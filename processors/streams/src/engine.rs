@@ -3,18 +3,17 @@
 //! Each turn of the loop:
 //! 1. advances the restores of tasks just assigned (a slice at a time; see `restore.rs`);
 //! 2. polls: waits only when there is nothing to do (up to `IDLE_WAIT`), then drains what the
-//!    consumer holds without waiting, up to `max_batch` records or one `TURN`;
+//!    consumer holds without waiting, up to `max_batch` records or `commit_interval`;
 //! 3. retries records whose retry time has come (a task with a retrying record has its input
 //!    partitions paused and holds later records back, so order per partition is kept while
 //!    the member goes on polling, heart-beating and committing its other tasks);
 //! 4. fires due timers and runs retention sweeps;
 //! 5. asks each task's processor which inputs it admits (backpressure, `Processor::admits`),
 //!    pausing the inputs a task refuses and resuming those it admits again;
-//! 6. commits (`commit.rs`) once `commit_interval` has passed since the last commit (or the
-//!    batch holds `max_batch` records). At-least-once, a record's outputs are sent as soon as it
-//!    succeeds, so the next hop never waits for a commit and a batch may stay open that long
-//!    while the turns go on; exactly-once, outputs leave with the transaction, so a drained
-//!    input commits once the batch is `min_commit_interval` old.
+//! 6. commits (`commit.rs`) every `commit_interval`. At-least-once, a record's outputs are sent
+//!    as soon as it succeeds, so the next hop never waits for a commit and a batch may stay
+//!    open that long; exactly-once, outputs leave with the transaction, so a drained input
+//!    commits once the batch is `min_commit_interval` old.
 //!
 //! Rebalances arrive as callbacks inside `poll`, on this thread, so they see the engine between
 //! records. A revoke commits what is pending (unless the assignment is lost, when it is
@@ -46,11 +45,6 @@ use crate::ProcessorFactory;
 
 /// Longest wait in `poll` when there is nothing to do: bounds how late a wall-clock timer fires.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
-/// The longest one turn of the loop polls before it runs retries, timers, backpressure and
-/// the lag gauges, whatever the commit interval: a long interval (fewer commits, so fewer
-/// changelog, marker and offset writes for the broker) must not make timers or backpressure
-/// late.
-const TURN: Duration = Duration::from_millis(100);
 /// Time given to restores per loop turn before the loop polls again.
 const RESTORE_SLICE: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -89,8 +83,6 @@ pub(crate) struct Engine {
     pub fatal: Option<Error>,
     pub batch_time: Duration,
     pub last_poll: Instant,
-    /// When the loop last committed (or found nothing to commit): see `commit_due`.
-    last_commit: Instant,
     pub kill: Option<(CancellationToken, KillPoint)>,
     /// Commit the group's offsets synchronously (revoke, shutdown).
     pub sync_offsets: bool,
@@ -174,7 +166,6 @@ impl Engine {
             fatal: None,
             batch_time: Duration::ZERO,
             last_poll: Instant::now(),
-            last_commit: Instant::now(),
             kill,
             sync_offsets: false,
             commit_backoff: None,
@@ -525,21 +516,6 @@ impl Engine {
         self.tasks.values().any(|t| t.ready && t.has_pending())
     }
 
-    /// Whether the loop commits after this turn: at-least-once, once `commit_interval` has
-    /// passed since the last commit, or once the open batch holds `max_batch` input records
-    /// (bounding what a crash makes the app read again); exactly-once, every turn (its outputs
-    /// wait for the commit).
-    pub fn commit_due(&mut self) -> bool {
-        let open: u64 = self.tasks.values().map(|t| t.batch_in).sum();
-        let due = self.cfg.guarantee == Guarantee::ExactlyOnce
-            || open >= self.cfg.max_batch as u64
-            || self.last_commit.elapsed() >= self.cfg.commit_interval;
-        if due {
-            self.last_commit = Instant::now();
-        }
-        due
-    }
-
     /// Time until the earliest retry is due (`None`: no retry waits).
     pub fn next_retry_in(&self) -> Option<Duration> {
         let now = Instant::now();
@@ -775,24 +751,22 @@ pub(crate) fn run_loop(
                 e.next_retry_in().map_or(IDLE_WAIT, |d| d.min(IDLE_WAIT))
             }
         };
-        let turn = TURN.min(cfg.commit_interval);
         let batch_span = match cfg.guarantee {
-            Guarantee::AtLeastOnce => turn,
+            Guarantee::AtLeastOnce => cfg.commit_interval,
             Guarantee::ExactlyOnce => cfg.min_commit_interval,
         };
         let started = Instant::now();
         let mut n = 0;
         let mut wait = wait;
-        while n < cfg.max_batch && started.elapsed() < turn {
+        while n < cfg.max_batch && started.elapsed() < cfg.commit_interval {
             let polled = consumer.poll(wait);
             lock(engine).last_poll = Instant::now();
             match polled {
                 // Drained, with a batch open. At-least-once, its outputs are already on their
-                // way, so nothing downstream waits for the commit: keep polling for the whole
-                // turn (the batch itself stays open for the commit interval: fewer, larger
-                // commits; a key written several times in it reaches the changelog once).
-                // Exactly-once, the outputs leave with the commit, so commit once the batch is
-                // `min_commit_interval` old.
+                // way, so nothing downstream waits for the commit: keep the batch open for the
+                // whole commit interval (fewer, larger commits; a key written several times in
+                // it reaches the changelog once). Exactly-once, the outputs leave with the
+                // commit, so commit once the batch is `min_commit_interval` old.
                 None if (n > 0 || lock(engine).has_pending()) && started.elapsed() < batch_span => {
                     wait = batch_span.saturating_sub(started.elapsed()).min(IDLE_WAIT);
                 }
@@ -821,9 +795,7 @@ pub(crate) fn run_loop(
         e.retry_due(consumer);
         e.punctuate();
         e.send_all_outputs();
-        if e.commit_due() {
-            e.commit(consumer)?;
-        }
+        e.commit(consumer)?;
         e.apply_backpressure(consumer);
         e.maybe_flush();
         e.update_lag(consumer);
