@@ -113,10 +113,14 @@ async fn saga_paths_success_stock_out_decline_and_invalid() {
     }
 
     let mut payments = p.reader::<PaymentEvent>(p.cfg.topics.events_payments());
+    // Both awaited: the two land on different partitions, so the reader can see one before the
+    // other.
     let payments = payments
-        .until("the capture of o-ok", |e| {
+        .until("the capture of o-ok and the decline of o-decl", |e| {
             e.iter().any(
                 |e| matches!(&e.payload, PaymentEvent::PaymentCaptured(c) if c.order_id == "o-ok"),
+            ) && e.iter().any(
+                |e| matches!(&e.payload, PaymentEvent::PaymentDeclined(d) if d.order_id == "o-decl"),
             )
         })
         .await
