@@ -496,7 +496,11 @@ async fn apps_killed_at_every_commit_step_lose_no_reply_and_hold_every_invariant
     use tributary_producers::loadgen::Workload;
     use tributary_streams::KillPoint;
 
-    let mut p = Pipeline::new("saga-kills", Duration::from_secs(30)).await;
+    // A lost reply shows as a timeout whatever the timeout is; 60 s (not 30) so that a slow
+    // machine restoring apps after every kill does not pass a late-but-delivered reply for a
+    // lost one (seen once: replies on the topic 23 s after the order, a 30 s timeout firing
+    // before the restored saga read them). Outcomes are awaited for 120 s (`DEADLINE`).
+    let mut p = Pipeline::new("saga-kills", Duration::from_secs(60)).await;
     for app in [
         DomainApp::Users,
         DomainApp::Notifications,
